@@ -1,0 +1,48 @@
+r"""AIME 2025: the 30 problems of the 2025 AIME I and II; every answer is an integer 0-999.
+
+Source: https://huggingface.co/datasets/math-ai/aime25, split ``test``, columns
+``problem, answer, id`` (no solutions, so the semantic-density reward is off for this set).
+The other common copy, https://huggingface.co/datasets/opencompass/AIME2025, names the question
+``question`` and keeps AIME I and II in two configs; passing its id reads both configs in order.
+Either column name is accepted, and a row without an id gets its row index.
+
+Sample row:
+    problem:  "Find the sum of all integer bases $b>9$ for which $17_{b}$ is a divisor of $97_{b}$."
+    answer:   "70"
+    id:       "0"
+"""
+
+from __future__ import annotations
+
+from lampo_pl.data.record import Problem
+from lampo_pl.data.sources import OnBadRow, Row, convert_rows, optional_text, read_rows, required_text
+
+HUB_ID = "math-ai/aime25"
+SPLIT = "test"
+# Hub copies that split the year into one config per exam.
+CONFIGS: dict[str, tuple[str, ...]] = {"opencompass/AIME2025": ("AIME2025-I", "AIME2025-II")}
+
+
+def to_problem(row: Row, index: int) -> Problem:
+    """One AIME 2025 row as a ``Problem`` (id: ``aime25-<id>``, or the row index without an id)."""
+    return Problem(
+        id=f"aime25-{optional_text(row, 'id') or index}",
+        prompt=required_text(row, "problem", "question"),
+        answer=required_text(row, "answer"),
+        solution=optional_text(row, "solution"),
+        metadata={"source": "aime25"},
+    )
+
+
+def load(
+    source: str | None = None,
+    *,
+    split: str | None = None,
+    limit: int | None = None,
+    on_bad_row: OnBadRow = "error",
+    seed: int = 0,
+) -> list[Problem]:
+    """Load AIME 2025 from the Hub (default) or a local file; ``seed`` is unused (fixed order)."""
+    source = source or HUB_ID
+    rows = read_rows(source, config=CONFIGS.get(source), split=split or SPLIT)
+    return convert_rows(rows, to_problem, source=source, limit=limit, on_bad_row=on_bad_row)

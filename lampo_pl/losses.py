@@ -1,0 +1,252 @@
+"""The clipped policy loss, KL estimators, and the one function that aggregates tokens.
+
+Pure functions over tensors, following ``docs/ALGORITHMS.md`` ("Policy loss" and "Token
+aggregation"). Shapes: ``N`` responses (rows), ``L`` response positions (padded).
+
+How the pieces relate to GRPO:
+
+1. The surrogate is PPO's clipped objective per token, ``−min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A)``
+   (Schulman et al. 2017, eq. 7), with asymmetric bounds so that DAPO's clip-higher
+   (Yu et al. 2025, §3.1, ε_high = 0.28) is one argument, and an optional dual clip
+   (Ye et al. 2020, "Mastering Complex Control in MOBA Games", eq. 5) bounding the loss of
+   negative-advantage tokens whose ratio exploded.
+2. The KL to the frozen reference is added per token with coefficient β; ``k3`` is Schulman's
+   unbiased, always-positive estimator (http://joschu.net/blog/kl-approx.html), GRPO's default.
+3. How per-token losses become one number is a separate axis (``aggregate``), so any advantage
+   estimator composes with any aggregation. Every mode is a per-sequence coefficient ``c_i``
+   times the sequence's token sum, ``L = Σ_i c_i Σ_t ℓ_{i,t}``; writing it that way lets the
+   coefficients be computed over the whole batch and applied to micro-batches, so gradient
+   accumulation reproduces the full-batch loss exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple, get_args
+
+import torch
+from torch import Tensor
+
+KLEstimator = Literal["k1", "k2", "k3"]
+AggregationMode = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm", "lambda"]
+
+EPS = 1e-6
+LOG_RATIO_CLAMP = 20.0  # ALGORITHMS.md: log-ratio clamped to ±20 before exp (no overflow in float32)
+R_LEN = 1.0 / 9.0  # λ-GRPO's default length sensitivity r_len
+# Floor on h_i so that h^λ stays finite for any λ. With r_len = 1/9 it only binds for responses
+# more than 8.1 group standard deviations shorter than their group's mean.
+H_MIN = 0.1
+
+
+class PolicyLossStats(NamedTuple):
+    """Detached scalars over the masked tokens of one policy-loss call.
+
+    Clip fractions follow TRL's definitions (``GRPOTrainer._compute_loss``): a token counts as
+    clipped low when ``ρ < 1−ε_low`` and ``A < 0``, high when ``ρ > 1+ε_high`` and ``A > 0``
+    (exactly the tokens whose gradient the clip removes); region is either.
+    """
+
+    clip_frac_low: Tensor
+    clip_frac_high: Tensor
+    clip_frac_region: Tensor
+    approx_kl_old: Tensor  # mean k3 estimate of KL(π_old ‖ π_θ): how far the update moved
+    kl_ref: Tensor  # mean of the chosen estimator of KL(π_θ ‖ π_ref); 0 when β = 0
+    ratio_mean: Tensor
+
+
+def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum().clamp(min=1.0)
+
+
+def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: KLEstimator = "k3") -> Tensor:
+    """Per-token estimate of KL(π_θ ‖ π_ref) from the sampled tokens' log-probs, ``[N, L]``.
+
+    k1 = log π_θ − log π_ref; k2 = ½ (log π_θ − log π_ref)²;
+    k3 = e^{ref − logp} − (ref − logp) − 1 (≥ 0, unbiased for samples from π_θ).
+    """
+    if estimator not in get_args(KLEstimator):
+        raise ValueError(f"unknown KL estimator {estimator!r}; expected one of {', '.join(get_args(KLEstimator))}")
+    log_ratio = logp - ref_logp  # [N, L] log π_θ/π_ref
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio.square()
+    ref_minus = (-log_ratio).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [N, L]
+    return torch.exp(ref_minus) - ref_minus - 1.0  # [N, L]
+
+
+def clipped_policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    dual_clip: float | None = None,
+    ref_logp: Tensor | None = None,
+    beta: float = 0.0,
+    kl_estimator: KLEstimator = "k3",
+) -> tuple[Tensor, PolicyLossStats]:
+    """Per-token PPO-clip loss plus β·KL: ``ℓ = −min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A) + β·KL``.
+
+    Args:
+        logp: ``[N, L]`` log π_θ of the sampled tokens (carries the gradient).
+        old_logp: ``[N, L]`` log π_old (rollout policy), a constant.
+        advantages: ``[N]`` one advantage per response, a constant.
+        mask: ``[N, L]`` 1 on tokens that count (used for the statistics; apply it in ``aggregate``).
+        eps_low, eps_high: clip range ``[1−ε_low, 1+ε_high]``.
+        dual_clip: ``c > 1`` bounds the loss of tokens with ``A < 0`` at ``−c·A``; ``None`` is off.
+        ref_logp: ``[N, L]`` log π_ref; required when ``beta > 0``.
+        beta: KL coefficient β.
+        kl_estimator: ``"k1" | "k2" | "k3"``.
+
+    Returns:
+        ``([N, L]`` per-token loss, unmasked``, PolicyLossStats)``.
+    """
+    if not (logp.shape == old_logp.shape == mask.shape):
+        raise ValueError(
+            f"logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)} and mask {tuple(mask.shape)} "
+            "must have the same [N, L] shape"
+        )
+    if advantages.shape != logp.shape[:1]:
+        raise ValueError(f"advantages {tuple(advantages.shape)} must be [N] with N = {logp.shape[0]}")
+    if dual_clip is not None and dual_clip <= 1.0:
+        raise ValueError(f"dual_clip must be > 1 (e.g. 3.0), got {dual_clip}")
+    if beta > 0 and ref_logp is None:
+        raise ValueError("beta > 0 needs ref_logp (the reference policy's log-probs)")
+
+    adv = advantages.detach()[:, None]  # [N, 1]
+    log_ratio = (logp - old_logp.detach()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [N, L]
+    ratio = torch.exp(log_ratio)  # [N, L] ρ
+    unclipped = -adv * ratio  # [N, L]
+    clipped = -adv * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)  # [N, L]
+    loss = torch.maximum(unclipped, clipped)  # [N, L] = −min(ρA, clip(ρ)A)
+    if dual_clip is not None:
+        # verl core_algos.compute_policy_loss: for A < 0 cap the loss at −c·A.
+        loss = torch.where(adv < 0, torch.minimum(loss, -adv * dual_clip), loss)  # [N, L]
+
+    kl_ref = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    if beta > 0 and ref_logp is not None:
+        if ref_logp.shape != logp.shape:
+            raise ValueError(f"ref_logp {tuple(ref_logp.shape)} must match logp {tuple(logp.shape)}")
+        kl = kl_penalty(logp, ref_logp.detach(), kl_estimator)  # [N, L]
+        loss = loss + beta * kl  # [N, L]
+        kl_ref = _masked_mean(kl.detach(), mask)
+
+    with torch.no_grad():
+        low = (ratio < 1.0 - eps_low) & (adv < 0)  # [N, L]
+        high = (ratio > 1.0 + eps_high) & (adv > 0)  # [N, L]
+        stats = PolicyLossStats(
+            clip_frac_low=_masked_mean(low.to(logp.dtype), mask),
+            clip_frac_high=_masked_mean(high.to(logp.dtype), mask),
+            clip_frac_region=_masked_mean((low | high).to(logp.dtype), mask),
+            approx_kl_old=_masked_mean(kl_penalty(logp, old_logp, "k3"), mask),
+            kl_ref=kl_ref,
+            ratio_mean=_masked_mean(ratio, mask),
+        )
+    return loss, stats
+
+
+def lambda_weights(
+    lengths: Tensor, group_size: int, lam: Tensor, *, r_len: float = R_LEN, h_min: float = H_MIN
+) -> Tensor:
+    """λ-GRPO's per-response weights ``f_i = G · softmax_i(h_i^λ)`` within each group.
+
+    ``z_i = (|o_i| − mean|o|)/(std|o| + eps)``, ``h_i = max(1 + r_len·z_i, h_min)``
+    (λ-GRPO, arXiv 2510.06870, §3). λ = 0 gives ``f ≡ 1`` (DAPO's token mean).
+
+    Args:
+        lengths: ``[N]`` response lengths ``|o_i|`` (float), groups contiguous.
+        group_size: G.
+        lam: scalar learnable λ (gradient flows into it).
+
+    Returns:
+        ``[N]`` weights, each group's summing to G.
+    """
+    if lengths.dim() != 1 or lengths.numel() % group_size != 0:
+        raise ValueError(f"lengths {tuple(lengths.shape)} is not a flat multiple of group_size={group_size}")
+    g = lengths.view(-1, group_size)  # [B, G]
+    spread = g.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(g)  # [B, 1]
+    z = (g - g.mean(dim=1, keepdim=True)) / (spread + EPS)  # [B, G]
+    h = (1.0 + r_len * z).clamp(min=h_min)  # [B, G]
+    f = group_size * torch.softmax(torch.pow(h, lam.to(h.dtype)), dim=1)  # [B, G]
+    return f.flatten()  # [N]
+
+
+def sequence_coefficients(
+    lengths: Tensor,
+    mode: AggregationMode,
+    *,
+    group_size: int | None = None,
+    lam: Tensor | None = None,
+    r_len: float = R_LEN,
+    h_min: float = H_MIN,
+    max_len: int | None = None,
+) -> Tensor:
+    """Per-sequence coefficients ``c_i`` with ``L = Σ_i c_i Σ_t ℓ_{i,t}``, for the whole batch.
+
+    seq_mean_token_mean: ``1/(N·|o_i|)``; token_mean: ``1/Σ|o|``;
+    seq_mean_token_sum_norm: ``1/(N·L_max)``; lambda: ``f_i/Σ|o|``.
+
+    Args:
+        lengths: ``[N]`` tokens that count per response (the loss mask's row sums).
+        mode: the aggregation mode.
+        group_size: G (``lambda`` only).
+        lam: scalar λ (``lambda`` only).
+        max_len: L_max, the max new tokens (``seq_mean_token_sum_norm`` only).
+    """
+    if mode not in get_args(AggregationMode):
+        raise ValueError(f"unknown aggregation mode {mode!r}; expected one of {', '.join(get_args(AggregationMode))}")
+    n = lengths.numel()
+    lengths = lengths.to(torch.float32 if not lengths.is_floating_point() else lengths.dtype)  # [N]
+    total_tokens = lengths.sum().clamp(min=1.0)
+    if mode == "seq_mean_token_mean":
+        return 1.0 / (n * lengths.clamp(min=1.0))  # [N]
+    if mode == "token_mean":
+        return torch.full_like(lengths, 1.0) / total_tokens  # [N]
+    if mode == "seq_mean_token_sum_norm":
+        if max_len is None or max_len < 1:
+            raise ValueError("seq_mean_token_sum_norm needs max_len = the max new tokens (L_max) >= 1")
+        return torch.full_like(lengths, 1.0 / (n * max_len))  # [N]
+    if group_size is None or lam is None:
+        raise ValueError("aggregation 'lambda' needs group_size and the learnable scalar lam")
+    f = lambda_weights(lengths, group_size, lam, r_len=r_len, h_min=h_min)  # [N]
+    return f / total_tokens  # [N]
+
+
+def aggregate(
+    per_token_loss: Tensor,
+    mask: Tensor,
+    mode: AggregationMode,
+    *,
+    group_size: int | None = None,
+    lam: Tensor | None = None,
+    r_len: float = R_LEN,
+    h_min: float = H_MIN,
+    max_len: int | None = None,
+    coefficients: Tensor | None = None,
+) -> Tensor:
+    """Reduce ``[N, L]`` per-token losses to a scalar: ``Σ_i c_i Σ_t mask·ℓ``.
+
+    Args:
+        per_token_loss: ``[N, L]``.
+        mask: ``[N, L]`` 1 on tokens that count.
+        mode: ``seq_mean_token_mean`` (GRPO), ``token_mean`` (DAPO), ``seq_mean_token_sum_norm``
+            (Dr. GRPO), ``lambda`` (λ-GRPO).
+        group_size, lam, r_len, h_min, max_len: see :func:`sequence_coefficients`.
+        coefficients: ``[N]`` precomputed ``c_i`` (e.g. the rows of a micro-batch, computed over
+            the whole batch so that accumulated micro-batch losses equal the full-batch loss);
+            when given, the other mode arguments are not used.
+    """
+    if per_token_loss.shape != mask.shape:
+        raise ValueError(f"per_token_loss {tuple(per_token_loss.shape)} and mask {tuple(mask.shape)} differ")
+    m = mask.to(per_token_loss.dtype)  # [N, L]
+    if coefficients is None:
+        coefficients = sequence_coefficients(
+            m.sum(dim=1), mode, group_size=group_size, lam=lam, r_len=r_len, h_min=h_min, max_len=max_len
+        )  # [N]
+    elif coefficients.shape != per_token_loss.shape[:1]:
+        raise ValueError(f"coefficients {tuple(coefficients.shape)} must be [N] with N = {per_token_loss.shape[0]}")
+    seq_sums = (per_token_loss * m).sum(dim=1)  # [N]
+    return (coefficients.to(seq_sums.dtype) * seq_sums).sum()

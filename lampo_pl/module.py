@@ -1,0 +1,449 @@
+"""The LightningModule: one training step = one on-policy RL iteration.
+
+    prompts -> rollout (G samples each) -> rewards -> advantages
+            -> log-probs (old, reference) -> clipped loss × μ passes -> optimiser step -> metrics
+
+The math lives in ``advantages.py`` and ``losses.py``; the model side in ``policy.py``,
+``rollout.py`` and ``logprobs.py``; this file only wires them in the order of the algorithm.
+Optimisation is manual (``automatic_optimization = False``) because one step runs generation,
+several micro-batch backward passes and μ optimiser steps.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from lampo_pl.advantages import AdvantageOutput, confidence_scores, estimate_advantages
+from lampo_pl.batching import Phases, micro_batches, pad_logprobs, slice_rows
+from lampo_pl.data.prompting import few_shot_pairs, render_prompt
+from lampo_pl.data.record import Problem
+from lampo_pl.data.synthetic import generate_synthetic
+from lampo_pl.logprobs import token_logprobs
+from lampo_pl.losses import PolicyLossStats, aggregate, clipped_policy_loss, sequence_coefficients
+from lampo_pl.metrics import AlgoMetrics, advantage_stats, mean_loss_stats
+from lampo_pl.optim import build_optimizer, build_scheduler
+from lampo_pl.policy import load_policy, reference_adapter, trainable_parameters
+from lampo_pl.rewards import RewardBatch, RewardSpec, score_responses
+from lampo_pl.rollout import Rollout, SamplingParams, generate_rollout
+from lampo_pl.settings import LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepRecord:
+    """What the last training step sampled and how it scored it (read by the rollout-samples callback).
+
+    Attributes:
+        step: Global step the record belongs to.
+        prompts: The B rendered prompts.
+        problem_ids: The B problem ids.
+        texts: The N = B·G responses, groups contiguous.
+        rewards: N total rewards.
+        components: Per reward name, N unweighted values.
+        advantages: N advantages.
+        pair_weights: LamPO's ``[B][G][G]`` pair weights, else ``None``.
+        group_size: G.
+    """
+
+    step: int
+    prompts: list[str]
+    problem_ids: list[str]
+    texts: list[str]
+    rewards: list[float]
+    components: dict[str, list[float]]
+    advantages: list[float]
+    pair_weights: list[list[list[float]]] | None
+    group_size: int
+
+
+@dataclass
+class OptimResult:
+    """What the optimisation phase reports (averaged over μ passes and micro-batches).
+
+    Attributes:
+        loss_stats: Mean clip fractions and KLs; ``None`` when every pass was skipped.
+        loss: Mean full-batch loss over the μ passes.
+        entropy: Mean token entropy of the policy over the loss tokens.
+        grad_norm: Mean pre-clip global grad-norm over the optimiser steps taken.
+        skipped: Whether a non-finite loss or gradient skipped an optimiser step.
+        lr: Learning rate of the LoRA parameters.
+    """
+
+    loss_stats: PolicyLossStats | None
+    loss: float
+    entropy: float
+    grad_norm: float
+    skipped: bool
+    lr: float
+
+
+class LamPOModule(L.LightningModule):
+    """Critic-free RL fine-tuning of a causal LM with LamPO or a GRPO-family baseline."""
+
+    def __init__(
+        self,
+        model: str = "tiny:qwen3",
+        group_size: int = 8,
+        prompts_per_step: int = 4,
+        lora: LoraArgs | None = None,
+        sampling: SamplingParams | None = None,
+        method: MethodArgs | None = None,
+        optim: OptimArgs | None = None,
+        rewards: RewardArgs | None = None,
+        prompt: PromptArgs | None = None,
+        max_context: int | None = None,
+        generation_batch_size: int | None = None,
+    ) -> None:
+        """Build the module; the model itself is loaded lazily in ``configure_model``.
+
+        Args:
+            model: Hub id, local folder, ``packaged:smollm2-135m-instruct`` or ``tiny:qwen3|phi3|llama``.
+            group_size: G, responses sampled per prompt.
+            prompts_per_step: B, prompts per training step (linked from the data module).
+            lora: Base-model loading and LoRA adapters.
+            sampling: Rollout sampling (temperature, top-p, top-k, max new tokens).
+            method: Advantage estimator, clipped loss, KL and aggregation.
+            optim: Optimiser, schedule, micro-batching.
+            rewards: Reward weights.
+            prompt: Chat-prompt rendering.
+            max_context: Context limit for prompt + response; null: the model's own.
+            generation_batch_size: Sequences per ``generate`` call; null: the whole B·G batch at once.
+        """
+        super().__init__()
+        self.model_name = model
+        self.group_size = group_size
+        self.prompts_per_step = prompts_per_step
+        self.lora = lora or LoraArgs()
+        self.sampling = sampling or SamplingParams()
+        self.method = method or MethodArgs()
+        self.optim = optim or OptimArgs()
+        self.reward_args = rewards or RewardArgs()
+        self.prompt = prompt or PromptArgs()
+        self.max_context = max_context
+        self.generation_batch_size = generation_batch_size
+        self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints hold only the adapters and λ, never the frozen base
+        check_batch_shape(prompts_per_step, group_size, self.optim.micro_batch_size, self.method.num_iterations)
+        self.lam = nn.Parameter(torch.tensor(float(self.method.lambda_init))) if self.uses_lambda else None
+        self.policy_model: nn.Module | None = None
+        self.tokenizer: Any = None
+        self.skipped_steps = 0
+        self.last_step: StepRecord | None = None
+        self.save_hyperparameters()
+
+    @property
+    def uses_lambda(self) -> bool:
+        return self.method.aggregation == "lambda"
+
+    @property
+    def logit_temperature(self) -> float:
+        """Log-probs are taken of the distribution that was sampled: logits / sampling temperature.
+
+        As TRL's GRPOTrainer and verl do; without it π_old would not be the rollout policy and the
+        ratio at μ = 1 would not start at 1. Greedy sampling (temperature 0) uses 1.
+        """
+        return self.sampling.temperature if self.sampling.temperature > 0 else 1.0
+
+    # ---- set-up ---------------------------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        if self.policy_model is not None:
+            return
+        lo = self.lora
+        self.policy_model, self.tokenizer = load_policy(
+            self.model_name, dtype=lo.dtype, quantization=lo.quantization, trust_remote_code=lo.trust_remote_code,
+            lora_r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=lo.target_modules,
+            init_adapter=lo.init_adapter, gradient_checkpointing=lo.gradient_checkpointing,
+            attn_implementation=lo.attn_implementation,
+        )
+
+    def configure_optimizers(self) -> Any:
+        assert self.policy_model is not None
+        opt = build_optimizer(trainable_parameters(self.policy_model), self.lam, self.optim, self.method.lambda_lr)
+        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": build_scheduler(opt, self.optim, total)}}
+
+    def reward_specs(self) -> list[RewardSpec]:
+        r = self.reward_args
+        pairs = (("correctness", r.correctness), ("density", r.density), ("format", r.format))
+        return [RewardSpec(name, weight) for name, weight in pairs if weight != 0]
+
+    def render(self, problems: list[Problem]) -> list[str]:
+        p = self.prompt
+        few_shot = one_shot_example() if p.one_shot else ()
+        return [render_prompt(self.tokenizer, q, system_prompt=p.system_prompt, enable_thinking=p.enable_thinking,
+                              few_shot=few_shot) for q in problems]
+
+    # ---- the step -------------------------------------------------------------------------------
+
+    def training_step(self, batch: list[Problem], batch_idx: int) -> None:
+        phases = Phases()
+        with phases("generation"):
+            prompts = self.render(batch)
+            rollout, problems = self.collect_rollout(batch, prompts)
+        with phases("rewards"):
+            scored = self.score(rollout, problems)
+        with phases("old_logprobs"):
+            old_logp = self.old_logprobs(rollout)
+        with phases("ref_logprobs"):
+            ref_logp = self.reference_logprobs(rollout)
+        advantages = self.advantages(scored, rollout, old_logp)
+        mask = self.loss_mask(rollout, self.informative_rows(scored))  # [N, L]
+        with phases("optimisation"):
+            result = self.optimise(rollout, mask, advantages.advantages, old_logp, ref_logp, problems)
+        self.log_step(rollout, scored, advantages, result, phases)
+        self.last_step = StepRecord(
+            step=self.global_step, prompts=prompts, problem_ids=[q.id for q in batch], texts=rollout.texts,
+            rewards=scored.total, components=scored.components, advantages=advantages.advantages.tolist(),
+            pair_weights=None if advantages.pair_weights is None else advantages.pair_weights.tolist(),
+            group_size=self.group_size,
+        )
+
+    def collect_rollout(self, batch: list[Problem], prompts: list[str]) -> tuple[Rollout, list[Problem]]:
+        """Sample G responses per rendered prompt; ``problems[i]`` is the problem of response row i."""
+        assert self.policy_model is not None
+        rollout = generate_rollout(
+            self.policy_model, self.tokenizer, prompts, self.group_size, self.sampling,
+            max_context=self.max_context, generation_batch_size=self.generation_batch_size,
+        )
+        return rollout, [q for q in batch for _ in range(self.group_size)]
+
+    def score(self, rollout: Rollout, problems: list[Problem]) -> RewardBatch:
+        thinking = bool(self.prompt.enable_thinking)
+        return score_responses(rollout.texts, problems, self.reward_specs(), thinking=thinking)
+
+    def loss_mask(self, rollout: Rollout, keep: Tensor | None) -> Tensor:
+        """``[N, L]`` tokens that count in the loss: DAPO overlong masking drops truncated rows,
+        dynamic sampling drops the rows outside ``keep`` ([N] bool)."""
+        mask = rollout.response_mask
+        if self.method.mask_truncated:
+            mask = mask * (~rollout.truncated).to(mask.dtype)[:, None]  # [N, L]
+        if keep is not None:
+            mask = mask * keep.to(device=mask.device, dtype=mask.dtype)[:, None]  # [N, L]
+        return mask
+
+    def old_logprobs(self, rollout: Rollout) -> Tensor | None:
+        """log π_old for every response token; ``None`` when μ = 1 and no estimator needs it.
+
+        With μ = 1 the policy being optimised *is* the rollout policy, so the detached current
+        log-probs serve as π_old and no extra forward pass runs (LamPO needs them earlier, for
+        its confidence scores, so it always takes this pass).
+        """
+        if self.method.num_iterations == 1 and self.method.estimator != "lampo":
+            return None
+        assert self.policy_model is not None
+        return self.logprobs_no_grad(rollout)
+
+    def reference_logprobs(self, rollout: Rollout) -> Tensor | None:
+        """log π_ref with the frozen ``reference`` adapter; no pass at all when β = 0."""
+        if self.method.beta == 0:
+            return None
+        assert self.policy_model is not None
+        with reference_adapter(self.policy_model):
+            return self.logprobs_no_grad(rollout)
+
+    @torch.no_grad()
+    def logprobs_no_grad(self, rollout: Rollout) -> Tensor:
+        """``[N, L]`` per-token log-probs of the rollout under the active adapter, micro-batched."""
+        assert self.policy_model is not None
+        parts = []
+        rows_list = micro_batches(rollout, self.optim.micro_batch_size)
+        for rows in rows_list:
+            ids, attn, start, width = slice_rows(rollout, rows)
+            logp, _ = token_logprobs(self.policy_model, ids, attn, start, chunk_size=self.optim.logprob_chunk,
+                                     temperature=self.logit_temperature)
+            parts.append((rows, logp[:, :width]))
+        return pad_logprobs(parts, rollout.response_mask.shape)  # [N, L]
+
+    def advantages(self, scored: RewardBatch, rollout: Rollout, old_logp: Tensor | None) -> AdvantageOutput:
+        rewards = torch.tensor(scored.total, dtype=torch.float32, device=rollout.input_ids.device)  # [N]
+        scores = None
+        if self.method.estimator == "lampo":
+            assert old_logp is not None
+            scores = confidence_scores(old_logp, rollout.response_mask, self.method.confidence)  # [N]
+        return estimate_advantages(rewards, self.group_size, self.method.estimator, seq_scores=scores,
+                                   tau=self.method.tau, scale=self.method.scale)
+
+    def informative_rows(self, scored: RewardBatch) -> Tensor | None:
+        """DAPO dynamic sampling (Yu et al. 2025, §3.2): rows of groups whose correctness is mixed.
+
+        Groups that all succeed or all fail carry no signal; DAPO drops them from the batch, so they
+        count in no normaliser either. ``None`` when dynamic sampling is off (every row counts).
+        This drops without refilling: the step trains on the remaining groups.
+        """
+        if not self.method.dynamic_sampling:
+            return None
+        correct = torch.tensor(scored.correct).view(-1, self.group_size)  # [B, G]
+        mixed = correct.max(dim=1).values != correct.min(dim=1).values  # [B]
+        return mixed.repeat_interleave(self.group_size)  # [N]
+
+    def optimise(
+        self, rollout: Rollout, mask: Tensor, advantages: Tensor, old_logp: Tensor | None,
+        ref_logp: Tensor | None, problems: list[Problem],
+    ) -> OptimResult:
+        """μ passes of micro-batched forward/backward, each closed by one (guarded) optimiser step."""
+        assert self.policy_model is not None
+        opt = self.optimizers()
+        lengths = mask.sum(dim=1).float()  # [N]
+        rows_list = micro_batches(rollout, self.optim.micro_batch_size)
+        stats, entropies, norms, skipped, losses = [], [], [], False, []
+        for _ in range(self.method.num_iterations):
+            opt.zero_grad(set_to_none=True)
+            finite = True
+            for rows in rows_list:
+                loss, st, ent = self.micro_batch_loss(rollout, rows, mask, lengths, advantages, old_logp, ref_logp)
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
+                self.manual_backward(loss)
+                stats.append(st)
+                entropies.append(ent)
+                losses.append(loss.detach())
+            grad_norm = self.clip_and_norm()
+            if finite and math.isfinite(grad_norm):
+                norms.append(grad_norm)
+            else:
+                skipped = True
+                self.skipped_steps += 1
+                ids = sorted({q.id for q in problems})
+                log.warning("non-finite loss or gradient: optimiser step skipped (prompts %s)", ids)
+                # With every grad None, AdamW leaves parameters and moments untouched, yet the step
+                # still counts, so trainer.max_steps is reached even if every batch were bad.
+                opt.zero_grad(set_to_none=True)
+            opt.step()
+            self.lr_schedulers().step()
+        return OptimResult(
+            loss_stats=mean_loss_stats(stats) if stats else None,
+            loss=float(torch.stack(losses).sum()) / self.method.num_iterations if losses else math.nan,
+            entropy=float(torch.stack(entropies).mean()) if entropies else math.nan,
+            grad_norm=sum(norms) / len(norms) if norms else math.nan,
+            skipped=skipped,
+            lr=float(opt.param_groups[0]["lr"]),
+        )
+
+    def micro_batch_loss(
+        self, rollout: Rollout, rows: Tensor, mask: Tensor, lengths: Tensor, advantages: Tensor,
+        old_logp: Tensor | None, ref_logp: Tensor | None,
+    ) -> tuple[Tensor, Any, Tensor]:
+        """Loss of one micro-batch, scaled so that the micro-batches sum to the full-batch loss."""
+        assert self.policy_model is not None
+        m = self.method
+        ids, attn, start, width = slice_rows(rollout, rows)
+        logp, entropy = token_logprobs(self.policy_model, ids, attn, start, chunk_size=self.optim.logprob_chunk,
+                                       with_entropy=True, temperature=self.logit_temperature)
+        logp = logp[:, :width]  # [n, l]
+        mb_mask = mask[rows, :width]  # [n, l]
+        old = logp.detach() if old_logp is None else old_logp[rows, :width]  # [n, l]
+        ref = None if ref_logp is None else ref_logp[rows, :width]  # [n, l]
+        per_token, st = clipped_policy_loss(logp, old, advantages[rows], mb_mask, eps_low=m.eps_low,
+                                            eps_high=m.eps_high, dual_clip=m.dual_clip, ref_logp=ref, beta=m.beta,
+                                            kl_estimator=m.kl_estimator)  # [n, l]
+        # Coefficients over the whole batch (recomputed per micro-batch so that λ's graph is fresh).
+        coef = sequence_coefficients(lengths, m.aggregation, group_size=self.group_size, lam=self.lam,
+                                     r_len=m.r_len, h_min=m.h_min, max_len=self.sampling.max_new_tokens)  # [N]
+        loss = aggregate(per_token, mb_mask, m.aggregation, coefficients=coef[rows])
+        ent = entropy[:, :width] if entropy is not None else torch.zeros_like(logp)
+        mean_entropy = (ent.detach() * mb_mask).sum() / mb_mask.sum().clamp(min=1)
+        return loss, st, mean_entropy
+
+    def clip_and_norm(self) -> float:
+        """Global grad-norm of everything trained (clipped to ``optim.grad_clip`` when > 0)."""
+        params = [p for p in self.parameters() if p.requires_grad and p.grad is not None]
+        if not params:
+            return 0.0
+        max_norm = self.optim.grad_clip if self.optim.grad_clip > 0 else float("inf")
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    # ---- logging --------------------------------------------------------------------------------
+
+    def algo_metrics(self, rewards: Tensor, adv: AdvantageOutput, result: OptimResult) -> AlgoMetrics:
+        st, nan = result.loss_stats, math.nan
+        return AlgoMetrics(
+            loss=result.loss,
+            clip_frac_low=float(st.clip_frac_low) if st else nan,
+            clip_frac_high=float(st.clip_frac_high) if st else nan,
+            clip_frac_region=float(st.clip_frac_region) if st else nan,
+            approx_kl_old=float(st.approx_kl_old) if st else nan,
+            kl_ref=float(st.kl_ref) if st else nan,
+            ratio_mean=float(st.ratio_mean) if st else nan,
+            advantages=advantage_stats(rewards, adv.advantages, self.group_size, adv.pair_weights),
+            lam=float(self.lam.detach()) if self.lam is not None else nan,
+        )
+
+    def log_step(
+        self, rollout: Rollout, scored: RewardBatch, adv: AdvantageOutput, result: OptimResult, phases: Phases
+    ) -> None:
+        rewards = torch.tensor(scored.total)
+        lengths = rollout.response_lengths.float()
+        gen_s = phases.seconds.get("generation", math.nan)
+        metrics: dict[str, float] = {
+            "reward": float(rewards.mean()),
+            "reward_std": float(rewards.std(unbiased=False)),
+            "acc": float(torch.tensor(scored.correct).mean()),
+            "response_len_mean": float(lengths.mean()),
+            "response_len_max": float(lengths.max()),
+            "truncated_frac": float(rollout.truncated.float().mean()),
+            "entropy": result.entropy,
+            "grad_norm": result.grad_norm,
+            "lr": result.lr,
+            "skipped_steps": float(self.skipped_steps),
+            "tokens_per_s": float(lengths.sum()) / gen_s if gen_s > 0 else math.nan,
+        }
+        metrics |= {f"reward_{k}": float(torch.tensor(v).mean()) for k, v in scored.components.items()}
+        metrics |= {f"reward_diag/{k}": float(v) for k, v in scored.diagnostics.items()}
+        metrics |= self.algo_metrics(rewards, adv, result).as_dict()
+        metrics |= {f"time/{k}_s": v for k, v in phases.seconds.items()}
+        clean = {f"train/{k}": v for k, v in metrics.items() if not math.isnan(v)}
+        bs = len(scored.total)
+        self.log_dict(clean, on_step=True, batch_size=bs)
+        self.log("reward", metrics["reward"], prog_bar=True, logger=False, batch_size=bs)
+        self.log("acc", metrics["acc"], prog_bar=True, logger=False, batch_size=bs)
+
+    # ---- checkpoints: adapters and λ only -------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Drop the frozen base weights: a checkpoint holds the two adapters, λ and the training state."""
+        state = checkpoint.get("state_dict", {})
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if "lora_" in k or k == "lam"}
+        checkpoint["lampo_settings"] = {"method": asdict(self.method), "lora": asdict(self.lora)}
+        checkpoint["lampo_skipped_steps"] = self.skipped_steps  # a logged running count: resumes with the run
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_steps = int(checkpoint.get("lampo_skipped_steps", 0))
+
+
+@functools.cache
+def one_shot_example() -> tuple[tuple[str, str], ...]:
+    """One worked synthetic word problem as a (user, assistant) chat turn, from a split never trained on.
+
+    Measured with the packaged SmolLM2-135M-Instruct (shared docs/ENVIRONMENT.md): asked zero-shot
+    for ``\\boxed{}`` it uses it in 1 response of 10; after one worked example in 8 of 10, and
+    single-digit accuracy rises from ~54% to ~86%.
+    """
+    return tuple(few_shot_pairs(generate_synthetic(1, levels=(3,), split="fewshot")))
+
+
+def check_batch_shape(prompts_per_step: int, group_size: int, micro_batch_size: int, num_iterations: int) -> None:
+    """Reject at start-up batch sizes that do not divide, saying which numbers to change."""
+    if prompts_per_step < 1 or group_size < 1 or micro_batch_size < 1 or num_iterations < 1:
+        raise ValueError(
+            f"prompts_per_step ({prompts_per_step}), group_size ({group_size}), optim.micro_batch_size "
+            f"({micro_batch_size}) and method.num_iterations ({num_iterations}) must all be >= 1"
+        )
+    n = prompts_per_step * group_size
+    if n % micro_batch_size != 0:
+        divisors = [d for d in range(1, n + 1) if n % d == 0]
+        raise ValueError(
+            f"optim.micro_batch_size={micro_batch_size} does not divide the {n} responses of a step "
+            f"(prompts_per_step={prompts_per_step} × group_size={group_size}); "
+            f"choose micro_batch_size in {divisors} or change prompts_per_step/group_size"
+        )

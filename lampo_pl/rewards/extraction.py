@@ -1,0 +1,189 @@
+"""Final-answer extraction for math responses, done before math-verify sees anything.
+
+math-verify's own `parse` searches the whole response and evaluates whatever it finds, so a
+response that restates the question ("the answer to 21 - 11 is ...", "7 + 7") is graded correct:
+11–20 of ~50–70 "correct" zero-shot SmolLM2 answers were such echoes (ENVIRONMENT.md, "Pitfalls
+seen"), and a policy would learn them. Here we extract one final value ourselves and hand only
+that to math-verify. Rules, applied to the answer part of the response (after the last
+``</think>``; nothing when the reasoning block was never closed); the first rule that yields a
+value wins:
+
+1. **Boxed**: the last complete ``\\boxed{...}`` or ``\\fbox{...}``, nested braces balanced
+   (escaped ``\\{ \\}`` ignored); an unclosed (truncated) box is skipped.
+2. **Anchored statement**, anchors searched from the end of the text: "final answer ...",
+   "the / my / our / correct answer ...", "Answer:", and GSM8K's "####". The value is what
+   follows the first *is*, *are*, *equals*, ``:`` or ``=`` after the anchor ("####" needs none,
+   nor does a "**Final Answer**" heading followed by a new line or by math), up to the end of
+   that sentence, or the math environment (``$...$``, ``\\[...\\]``) that follows; then a
+   trailing clause (", which ...", " because ...") is cut and only what follows the last
+   remaining *is* is kept. So "the answer to 21 - 11 is 10" gives "10", never "21 - 11", and
+   "The answer to 21 - 11." gives nothing.
+3. **Bare answer**: the whole answer part is one short line that reads as math, not prose
+   ("14", "$\\frac12$", "x = 5"). There is deliberately no "last number in the text" rule.
+
+Then the **echo rule** (`is_echo`): a value whose last right-hand side is unevaluated arithmetic
+on plain numbers ("7 + 7", "21 - 11", "3 \\cdot 4", "1/2 + 1/3") restates a computation instead
+of stating its result, and is graded 0 — unless the reference answer is itself written that way.
+Fractions ("3/4"), powers ("2^{10}") and scientific notation ("3 \\times 10^{8}") are final forms.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, NamedTuple
+
+from lampo_pl.rewards.thinking import split_thinking
+
+ExtractionSource = Literal["boxed", "anchor", "bare"]
+
+# Bounds that keep extraction linear on adversarial (huge or repetitive) responses.
+_MAX_BOX_TRIES = 8
+_MAX_ANCHOR_TRIES = 16
+_ANCHOR_WINDOW = 600
+_MAX_BARE_CHARS = 64
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE_TOKEN_RE = re.compile(r"\\.|[{}]", re.DOTALL)
+_ANCHOR_RE = re.compile(
+    r"(?P<final>\bfinal\s+answer\b)"
+    r"|\b(?:the|my|our|correct)\s+answer\b"
+    r"|\banswer\b(?=[^\S\n]*(?:\*\*)?[^\S\n]*:)"
+    r"|(?P<hash>####)",
+    re.IGNORECASE,
+)
+# Text between an anchor and its separator stays inside one sentence; a "." followed by a digit
+# is a decimal point, not a full stop ("the answer to 2.5 + 1 is 3.5").
+_SEPARATOR_RE = re.compile(r"(?:[^.\n:=?!]|\.(?=\d)){0,100}?(?:\b(?:is|are|equals)\b|:|=)", re.IGNORECASE)
+# "**Final Answer**" as a heading: the value starts on the next line or in a math environment.
+_HEADING_RE = re.compile(r"[^\S\n]*(?:\*\*)?[^\S\n]*(?:\n|\$|\\\[|\\\()")
+_LEAD_IN_RE = re.compile(r"^[\s*]*(?:(?:as\s+follows|the\s+following)[\s*]*:?)?[\s*]*", re.IGNORECASE)
+_MATH_ENV_RE = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\$([^$\n]+?)\$|\\\((.+?)\\\)", re.DOTALL)
+_SENTENCE_END_RE = re.compile(r"\n|[.?!](?=\s|$)")
+_CLAUSE_RE = re.compile(
+    r",?\s+(?:which|because|since|as|so|where|hence|thus|therefore|and\s+(?:so|thus|hence))\b",
+    re.IGNORECASE,
+)
+_LAST_IS_RE = re.compile(r".*\s(?:is|equals)\s", re.IGNORECASE | re.DOTALL)
+_LATEX_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
+_PROSE_RE = re.compile(r"[A-Za-z]{3,}")
+
+# Echo rule: plain numbers joined by arithmetic operators, after LaTeX operators are rewritten.
+_ECHO_REWRITES = (
+    ("\\left", ""),
+    ("\\right", ""),
+    ("\\cdot", "*"),
+    ("\\times", "*"),
+    ("\\div", "/"),
+    ("×", "*"),
+    ("·", "*"),
+    ("÷", "/"),
+    ("−", "-"),
+    ("{", "("),
+    ("}", ")"),
+    ("\\,", ""),
+)
+_NUMBER = r"\d+(?:\.\d+)?"
+_OPERAND = rf"\(*-?{_NUMBER}\)*"
+_ARITHMETIC_RE = re.compile(rf"-?{_OPERAND}(?:[-+*/^]{_OPERAND})+")
+_BINARY_OP_RE = re.compile(r"[+*]|(?<=[\d)])-")
+_SCIENTIFIC_RE = re.compile(rf"-?{_NUMBER}\*10\^\(?-?\d+\)?")
+
+
+class MathExtraction(NamedTuple):
+    """The final value stated by a response, and which rule found it (both ``None``: no answer)."""
+
+    value: str | None
+    source: ExtractionSource | None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last complete ``\\boxed{...}`` / ``\\fbox{...}`` in ``text``, else ``None``."""
+    starts = [m.end() for m in _BOX_RE.finditer(text)]
+    for start in reversed(starts[-_MAX_BOX_TRIES:]):
+        depth = 1
+        for token in _BRACE_TOKEN_RE.finditer(text, start):
+            if token.group() == "{":
+                depth += 1
+            elif token.group() == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[start : token.start()]
+    return None
+
+
+def extract_math_answer(response: str) -> MathExtraction:
+    """The final value a response states (module docstring, rules 1–3)."""
+    answer_part = split_thinking(response).answer
+    boxed = last_boxed(answer_part)
+    if boxed is not None:
+        value = _clean(boxed)
+        return MathExtraction(value, "boxed") if value else MathExtraction(None, None)
+    anchored = _anchored_value(answer_part)
+    if anchored:
+        return MathExtraction(anchored, "anchor")
+    bare = _bare_value(answer_part)
+    if bare:
+        return MathExtraction(bare, "bare")
+    return MathExtraction(None, None)
+
+
+def _anchored_value(text: str) -> str | None:
+    anchors = list(_ANCHOR_RE.finditer(text))
+    for anchor in reversed(anchors[-_MAX_ANCHOR_TRIES:]):
+        rest = text[anchor.end() : anchor.end() + _ANCHOR_WINDOW]
+        separator = _SEPARATOR_RE.match(rest)
+        if separator is not None:
+            rest = rest[separator.end() :]
+        elif not (anchor.group("hash") or (anchor.group("final") and _HEADING_RE.match(rest))):
+            continue
+        value = _value_after_separator(rest)
+        if value:
+            return value
+    return None
+
+
+def _value_after_separator(text: str) -> str | None:
+    text = text[_LEAD_IN_RE.match(text).end() :]  # "is as follows:\n\n$$14$$", "Answer:\n 14"
+    env = _MATH_ENV_RE.match(text)
+    if env is not None:
+        return _clean(next(group for group in env.groups() if group is not None))
+    sentence = _SENTENCE_END_RE.split(text, maxsplit=1)[0]
+    sentence = _CLAUSE_RE.split(sentence, maxsplit=1)[0]
+    last_is = _LAST_IS_RE.match(sentence)
+    if last_is is not None:
+        sentence = sentence[last_is.end() :]
+    return _clean(sentence)
+
+
+def _bare_value(text: str) -> str | None:
+    value = _clean(text)
+    if not value or len(value) > _MAX_BARE_CHARS or "\n" in value:
+        return None
+    if _PROSE_RE.search(_LATEX_COMMAND_RE.sub(" ", value)) or not re.search(r"[\d\\]", value):
+        return None
+    return value
+
+
+def _clean(value: str) -> str:
+    """Strip markdown emphasis, math delimiters and trailing punctuation around a value."""
+    value = value.strip().strip("*").strip()
+    for opener, closer in (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$")):
+        if value.startswith(opener) and value.endswith(closer) and len(value) >= len(opener) + len(closer):
+            value = value[len(opener) : len(value) - len(closer)].strip()
+    return value.rstrip(".,;:").strip()
+
+
+def is_unevaluated_arithmetic(value: str) -> bool:
+    """Whether the last right-hand side of ``value`` is arithmetic on plain numbers, not a result."""
+    rhs = value.rsplit("=", 1)[-1]
+    for old, new in _ECHO_REWRITES:
+        rhs = rhs.replace(old, new)
+    rhs = "".join(rhs.split()).strip("$")
+    if _ARITHMETIC_RE.fullmatch(rhs) is None or _SCIENTIFIC_RE.fullmatch(rhs) is not None:
+        return False
+    return _BINARY_OP_RE.search(rhs) is not None
+
+
+def is_echo(value: str, reference: str) -> bool:
+    """The echo rule (module docstring): unevaluated arithmetic is wrong unless the reference is too."""
+    return is_unevaluated_arithmetic(value) and not is_unevaluated_arithmetic(reference)

@@ -1,0 +1,236 @@
+"""Group rollouts: G sampled responses per prompt, as one padded batch with masks built from EOS.
+
+How this differs from a plain `model.generate` call and why:
+1. Rows are grouped contiguously (rows b·G … b·G+G−1 answer prompt b), the layout the group
+   advantages (GRPO, LamPO) reshape to [B, G].
+2. Prompts are left-padded and responses right-padded, so every response starts at one column
+   P (`prompt_len`) and log-probs of all rows come from one teacher-forced pass.
+3. `response_mask` is 1 up to and including the first EOS and 0 after, computed from EOS
+   positions and never from `ids != pad_token_id`: SmolLM2 uses one token for pad and EOS
+   (docs/ENVIRONMENT.md "Pitfalls"), and a pad id sampled mid-response is a real token.
+4. A prompt that would not fit the context with `max_new_tokens` is rejected, never truncated:
+   cutting a prompt silently changes the task the reward grades.
+5. Sampling is exactly softmax(logits / T) with optional top-p / top-k: the model's own
+   generation defaults (a repetition penalty, Qwen3's top_k=20) are overridden, so the tokens'
+   distribution is the π_old that the PPO ratio assumes (temperature 0 means greedy).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from peft import PeftModel
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How responses are sampled.
+
+    Attributes:
+        temperature: Softmax temperature; 0 means greedy decoding.
+        top_p: Nucleus sampling mass (1.0 = off).
+        top_k: Keep only the k most likely tokens (0 = off).
+        max_new_tokens: Response length limit; a response without EOS by then is `truncated`.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_new_tokens < 1:
+            raise ValueError(f"invalid sampling parameters: {self}")
+
+
+@dataclass
+class Rollout:
+    """A batch of N = B·G responses, G per prompt, rows of one group contiguous.
+
+    Attributes:
+        input_ids: [N, P+L] left-padded prompt then right-padded response token ids.
+        attention_mask: [N, P+L] 1 on real prompt tokens and on `response_mask` tokens.
+        response_mask: [N, L] 1 on response tokens up to and including the first EOS, 0 after.
+        prompt_len: P, the padded prompt width: responses start at column P (`response_start`).
+        response_lengths: [N] number of response tokens (EOS included), = response_mask.sum(1).
+        truncated: [N] bool, True where no EOS came within max_new_tokens.
+        prompt_index: [N] index of the row's prompt in the B prompts (b for rows b·G … b·G+G−1).
+        group_size: G.
+        texts: N decoded responses, special tokens (EOS) removed.
+        generation_seconds: Wall time spent in `generate`.
+        tokens_generated: Response tokens kept, = response_mask.sum().
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    response_mask: Tensor
+    prompt_len: int
+    response_lengths: Tensor
+    truncated: Tensor
+    prompt_index: Tensor
+    group_size: int
+    texts: list[str]
+    generation_seconds: float
+    tokens_generated: int
+
+    @property
+    def response_ids(self) -> Tensor:
+        """[N, L] the response columns of `input_ids`."""
+        return self.input_ids[:, self.prompt_len :]
+
+    @property
+    def num_prompts(self) -> int:
+        """B."""
+        return self.input_ids.shape[0] // self.group_size
+
+
+def response_mask_from_ids(response_ids: Tensor, eos_ids: list[int]) -> tuple[Tensor, Tensor]:
+    """Mask of tokens up to and including the first EOS, and which rows have none. [N, L] -> [N, L], [N]"""
+    is_eos = torch.isin(response_ids, torch.tensor(eos_ids, device=response_ids.device))  # [N, L]
+    has_eos = is_eos.any(dim=1)  # [N]
+    first_eos = is_eos.int().argmax(dim=1)  # [N]  (0 where there is none; replaced below)
+    width = response_ids.shape[1]
+    lengths = torch.where(has_eos, first_eos + 1, width)  # [N]
+    columns = torch.arange(width, device=response_ids.device)  # [L]
+    return (columns[None, :] < lengths[:, None]).long(), ~has_eos  # [N, L], [N]
+
+
+def stop_token_ids(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every id that ends a response: the tokenizer's EOS and the model's generation EOS ids (Qwen3 has two)."""
+    configured = model.generation_config.eos_token_id
+    ids = configured if isinstance(configured, list) else [configured]
+    return sorted({i for i in [*ids, tokenizer.eos_token_id] if i is not None})
+
+
+def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Left-pad token lists to their longest. -> ids [n, p], mask [n, p]"""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [n, p]
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # [n, p]
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _check_context(lengths: list[int], max_new_tokens: int, context: int) -> None:
+    for index, length in enumerate(lengths):
+        if length == 0:
+            raise ValueError(f"prompt {index} is empty")
+        if length + max_new_tokens > context:
+            raise ValueError(
+                f"prompt {index} has {length} tokens; with max_new_tokens={max_new_tokens} it needs "
+                f"{length + max_new_tokens} > context {context}. Prompts are never truncated: shorten "
+                "the prompt, lower max_new_tokens or raise max_context."
+            )
+
+
+def _generate(
+    model: PreTrainedModel | PeftModel,
+    rows: list[list[int]],
+    sampling: SamplingParams,
+    eos_ids: list[int],
+    pad_id: int,
+) -> Tensor:
+    """One `generate` call over left-padded `rows`; returns the response columns [n, l], l <= max_new_tokens."""
+    ids, mask = _left_pad(rows, pad_id, model.device)  # [n, p], [n, p]
+    greedy = sampling.temperature == 0
+    output = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=not greedy,
+        temperature=None if greedy else sampling.temperature,
+        top_p=None if greedy else sampling.top_p,
+        top_k=None if greedy else sampling.top_k,
+        repetition_penalty=1.0,  # override any model default: tokens must come from π itself
+        max_new_tokens=sampling.max_new_tokens,
+        eos_token_id=eos_ids,
+        pad_token_id=pad_id,
+        use_cache=True,
+    )  # [n, p+l]
+    return output[:, ids.shape[1] :]  # [n, l]
+
+
+def _generate_all(
+    model: PreTrainedModel | PeftModel,
+    rows: list[list[int]],
+    sampling: SamplingParams,
+    eos_ids: list[int],
+    pad_id: int,
+    batch_size: int | None,
+) -> tuple[Tensor, float]:
+    """Generate for all rows, `batch_size` per call, in eval mode; -> (responses [N, L], seconds)."""
+    step = batch_size or len(rows)
+    was_training = model.training
+    model.eval()  # no dropout while sampling; the caller's mode comes back even on error
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            parts = [_generate(model, rows[i : i + step], sampling, eos_ids, pad_id) for i in range(0, len(rows), step)]
+    finally:
+        model.train(was_training)
+    seconds = time.perf_counter() - start
+    width = max(part.shape[1] for part in parts)
+    # Only rows that already ended in EOS get padded here: a call stops early only when all its rows did.
+    padded = [torch.nn.functional.pad(part, (0, width - part.shape[1]), value=pad_id) for part in parts]  # [n, L]
+    return torch.cat(padded), seconds  # [N, L]
+
+
+def generate_rollout(
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    group_size: int,
+    sampling: SamplingParams,
+    *,
+    max_context: int | None = None,
+    generation_batch_size: int | None = None,
+) -> Rollout:
+    """Sample `group_size` responses for each rendered (already chat-templated) prompt.
+
+    Args:
+        model: The policy; its active adapter samples. Put in eval mode for the call, then restored.
+        tokenizer: Encodes prompts (no special tokens added) and decodes responses.
+        prompts: B prompt strings, rendered with the chat template.
+        group_size: G responses per prompt.
+        sampling: Temperature, top-p, top-k, max_new_tokens.
+        max_context: Context limit for prompt + response; default the model's max_position_embeddings.
+        generation_batch_size: Rows per `generate` call (default: all B·G rows in one call).
+
+    Raises:
+        ValueError: a prompt is empty or, with max_new_tokens, longer than the context.
+    """
+    if group_size < 1 or not prompts:
+        raise ValueError(f"need at least one prompt and group_size >= 1, got {len(prompts)} and {group_size}")
+    encoded: list[list[int]] = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    context = max_context or model.config.max_position_embeddings
+    _check_context([len(ids) for ids in encoded], sampling.max_new_tokens, context)
+    rows = [ids for ids in encoded for _ in range(group_size)]  # N = B·G, groups contiguous
+    eos_ids = stop_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+
+    response_ids, seconds = _generate_all(model, rows, sampling, eos_ids, pad_id, generation_batch_size)  # [N, L]
+    response_mask, truncated = response_mask_from_ids(response_ids, eos_ids)  # [N, L], [N]
+    prompt_ids, prompt_mask = _left_pad(rows, pad_id, response_ids.device)  # [N, P], [N, P]
+    lengths = response_mask.sum(dim=1)  # [N]
+    texts = tokenizer.batch_decode(
+        [ids[:n].tolist() for ids, n in zip(response_ids, lengths.tolist(), strict=True)],
+        skip_special_tokens=True,
+    )
+    return Rollout(
+        input_ids=torch.cat([prompt_ids, response_ids], dim=1),  # [N, P+L]
+        attention_mask=torch.cat([prompt_mask, response_mask], dim=1),  # [N, P+L]
+        response_mask=response_mask,
+        prompt_len=prompt_ids.shape[1],
+        response_lengths=lengths,
+        truncated=truncated,
+        prompt_index=torch.arange(len(prompts), device=response_ids.device).repeat_interleave(group_size),  # [N]
+        group_size=group_size,
+        texts=texts,
+        generation_seconds=seconds,
+        tokens_generated=int(lengths.sum()),
+    )
