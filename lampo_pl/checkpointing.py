@@ -19,7 +19,7 @@ stream position. What it lacks, and this file adds:
 Every state is stored as tensors, numbers and lists so that ``torch.load(weights_only=True)`` —
 torch's default since 2.6 — reads it. The module's hyper-parameters hold the plain config
 dataclasses of ``lampo_pl.settings``; ``AtomicCheckpointIO.load_checkpoint`` allows exactly those
-(``CONFIG_CLASSES``), and nothing else, on top of torch's weights-only defaults.
+(``config_classes()``), and nothing else, on top of torch's weights-only defaults.
 """
 
 from __future__ import annotations
@@ -38,12 +38,7 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
-from lampo_pl.rollout import SamplingParams
-from lampo_pl.settings import LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs
-
 TMP_SUFFIX = ".tmp"
-# Data-only dataclasses in the module's hparams: safe to rebuild under weights_only loading.
-CONFIG_CLASSES = (SamplingParams, LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs)
 
 
 # ---- random-number states -----------------------------------------------------------------------
@@ -85,10 +80,16 @@ class RNGStateCheckpoint(L.Callback):
 
     The state captured when step k ends is restored when step k+1 starts (module docstring, point 1);
     that state is what the checkpoint stores and what a resumed run restores before its first step.
+    Under DDP each rank samples its own stream, so every rank's state is gathered into the
+    checkpoint and each rank takes its own back (exact when resumed with the same world size).
     """
 
     def __init__(self) -> None:
         self._state: dict[str, Any] | None = None
+        self._rank, self._world_size = 0, 1
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._rank, self._world_size = trainer.global_rank, trainer.world_size
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self._state is not None:
@@ -98,13 +99,30 @@ class RNGStateCheckpoint(L.Callback):
         self._state = capture_rng()
 
     def state_dict(self) -> dict[str, Any]:
-        return {} if self._state is None else {"rng": self._state}
+        if self._state is None:
+            return {}
+        states: list[Any] = [self._state]
+        # Lightning builds the checkpoint dict on every rank (only rank 0 writes it): a collective is safe here.
+        if self._world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            states = [None] * self._world_size
+            torch.distributed.all_gather_object(states, self._state)
+        return {"rng_per_rank": states}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._state = state_dict.get("rng")
+        states = state_dict.get("rng_per_rank") or []
+        self._state = states[self._rank] if self._rank < len(states) else None
 
 
 # ---- atomic checkpoint files --------------------------------------------------------------------
+
+
+def config_classes() -> list[type]:
+    """The data-only dataclasses in the module's hparams: safe to rebuild under weights_only loading."""
+    # Imported on use: lampo_pl.rollout pulls in transformers and peft, which writing a checkpoint never needs.
+    from lampo_pl.rollout import SamplingParams
+    from lampo_pl.settings import LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs
+
+    return [SamplingParams, LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs]
 
 
 def _write(checkpoint: dict[str, Any], file: BinaryIO) -> None:
@@ -150,9 +168,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         _fsync_dir(target.parent)
 
     @override
-    def load_checkpoint(self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None
-                        ) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         # map_location None keeps Lightning's default (tensors stay on the CPU until the strategy moves them).
         kwargs = {} if map_location is None else {"map_location": map_location}
-        with torch.serialization.safe_globals(list(CONFIG_CLASSES)):
+        with torch.serialization.safe_globals(config_classes()):
             return super().load_checkpoint(path, weights_only=weights_only, **kwargs)

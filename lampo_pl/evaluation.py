@@ -161,6 +161,7 @@ def format_table(results: Sequence[EvalResult]) -> str:
         lines.append(f"{r.name:<24} {r.num_problems:>8} {r.num_samples:>8} {r.avg_at_k:>7.3f} {r.pass_at_k:>7.3f}")
         for bucket, b in r.breakdown.items():
             label = f"  {bucket}"[:24]
-            lines.append(f"{label:<24} {b.num_problems:>8} {b.num_problems * r.k:>8} {b.avg_at_k:>7.3f} "
-                         f"{b.pass_at_k:>7.3f}")
+            lines.append(
+                f"{label:<24} {b.num_problems:>8} {b.num_problems * r.k:>8} {b.avg_at_k:>7.3f} {b.pass_at_k:>7.3f}"
+            )
     return "\n".join(lines)

@@ -65,8 +65,9 @@ def export_merged(
     base = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     has_tokenizer = any((Path(adapter) / name).exists() for name in ("tokenizer.json", "tokenizer_config.json"))
-    tokenizer = AutoTokenizer.from_pretrained(str(adapter) if has_tokenizer else source,
-                                              trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(adapter) if has_tokenizer else source, trust_remote_code=trust_remote_code
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -90,8 +91,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trust_remote_code", action="store_true", help="run model code shipped with the base")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
-    path = export_merged(args.adapter, args.out, model=args.model, dtype=args.dtype,
-                         trust_remote_code=args.trust_remote_code, overwrite=args.overwrite)
+    path = export_merged(
+        args.adapter,
+        args.out,
+        model=args.model,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        overwrite=args.overwrite,
+    )
     print(f"merged model saved to {path}")
 
 

@@ -26,6 +26,7 @@ from lampo_pl.batching import Phases, micro_batches, pad_logprobs, slice_rows
 from lampo_pl.data.prompting import few_shot_pairs, render_prompt
 from lampo_pl.data.record import Problem
 from lampo_pl.data.synthetic import generate_synthetic
+from lampo_pl.evaluation_steps import EvaluationSteps
 from lampo_pl.logprobs import token_logprobs
 from lampo_pl.losses import PolicyLossStats, aggregate, clipped_policy_loss, sequence_coefficients
 from lampo_pl.metrics import AlgoMetrics, advantage_stats, mean_loss_stats
@@ -86,7 +87,7 @@ class OptimResult:
     lr: float
 
 
-class LamPOModule(L.LightningModule):
+class LamPOModule(EvaluationSteps, L.LightningModule):
     """Critic-free RL fine-tuning of a causal LM with LamPO or a GRPO-family baseline."""
 
     def __init__(
@@ -214,6 +215,7 @@ class LamPOModule(L.LightningModule):
         rollout = generate_rollout(
             self.policy_model, self.tokenizer, prompts, self.group_size, self.sampling,
             max_context=self.max_context, generation_batch_size=self.generation_batch_size,
+            record_logprobs=self.method.estimator == "lampo" and self.method.num_iterations == 1,  # see old_logprobs
         )
         return rollout, [q for q in batch for _ in range(self.group_size)]
 
@@ -235,11 +237,15 @@ class LamPOModule(L.LightningModule):
         """log π_old for every response token; ``None`` when μ = 1 and no estimator needs it.
 
         With μ = 1 the policy being optimised *is* the rollout policy, so the detached current
-        log-probs serve as π_old and no extra forward pass runs (LamPO needs them earlier, for
-        its confidence scores, so it always takes this pass).
+        log-probs serve as π_old in the loss and no extra forward pass runs. LamPO needs π_old
+        earlier, for its confidence scores: at μ = 1 the sampler's own log-probs, recorded while
+        generating, are those (no pass either; a rollout without them takes the pass); at μ > 1
+        π_old must be frozen before the first update, so one no-grad pass runs.
         """
         if self.method.num_iterations == 1 and self.method.estimator != "lampo":
             return None
+        if self.method.num_iterations == 1 and rollout.sampled_logprobs is not None:
+            return rollout.sampled_logprobs
         assert self.policy_model is not None
         return self.logprobs_no_grad(rollout)
 
@@ -256,12 +262,16 @@ class LamPOModule(L.LightningModule):
         """``[N, L]`` per-token log-probs of the rollout under the active adapter, micro-batched."""
         assert self.policy_model is not None
         parts = []
-        rows_list = micro_batches(rollout, self.optim.micro_batch_size)
-        for rows in rows_list:
-            ids, attn, start, width = slice_rows(rollout, rows)
-            logp, _ = token_logprobs(self.policy_model, ids, attn, start, chunk_size=self.optim.logprob_chunk,
-                                     temperature=self.logit_temperature)
-            parts.append((rows, logp[:, :width]))
+        was_training = self.policy_model.training
+        self.policy_model.eval()  # π_old and π_ref are the distributions that sampled: no LoRA dropout
+        try:
+            for rows in micro_batches(rollout, self.optim.micro_batch_size):
+                ids, attn, start, width = slice_rows(rollout, rows)
+                logp, _ = token_logprobs(self.policy_model, ids, attn, start, chunk_size=self.optim.logprob_chunk,
+                                         temperature=self.logit_temperature)
+                parts.append((rows, logp[:, :width]))
+        finally:
+            self.policy_model.train(was_training)
         return pad_logprobs(parts, rollout.response_mask.shape)  # [N, L]
 
     def advantages(self, scored: RewardBatch, rollout: Rollout, old_logp: Tensor | None) -> AdvantageOutput:
@@ -342,7 +352,8 @@ class LamPOModule(L.LightningModule):
                                        with_entropy=True, temperature=self.logit_temperature)
         logp = logp[:, :width]  # [n, l]
         mb_mask = mask[rows, :width]  # [n, l]
-        old = logp.detach() if old_logp is None else old_logp[rows, :width]  # [n, l]
+        # μ = 1: π_old is the current policy, so the ratio is exactly 1 in value (old_logp is LamPO's scores' input).
+        old = logp.detach() if old_logp is None or m.num_iterations == 1 else old_logp[rows, :width]  # [n, l]
         ref = None if ref_logp is None else ref_logp[rows, :width]  # [n, l]
         per_token, st = clipped_policy_loss(logp, old, advantages[rows], mb_mask, eps_low=m.eps_low,
                                             eps_high=m.eps_high, dual_clip=m.dual_clip, ref_logp=ref, beta=m.beta,

@@ -13,6 +13,11 @@ How this differs from a plain `model.generate` call and why:
 5. Sampling is exactly softmax(logits / T) with optional top-p / top-k: the model's own
    generation defaults (a repetition penalty, Qwen3's top_k=20) are overridden, so the tokens'
    distribution is the π_old that the PPO ratio assumes (temperature 0 means greedy).
+6. On request (`record_logprobs`) the sampler's own log π_old(o_t) = log_softmax(z / T)[o_t] is kept
+   while generating, at the cost of one log-softmax over [n, V] per token: LamPO's confidence
+   scores need π_old before the loss pass, and at μ = 1 this spares a whole teacher-forced forward
+   pass (issue 7, "no wasted passes"). It agrees with `token_logprobs` on the same tokens up to float
+   rounding (the KV-cache path sums in another order; tests/test_rollout.py pins 1e-4).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from peft import PeftModel
 from torch import Tensor
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class Rollout:
         texts: N decoded responses, special tokens (EOS) removed.
         generation_seconds: Wall time spent in `generate`.
         tokens_generated: Response tokens kept, = response_mask.sum().
+        sampled_logprobs: [N, L] the sampler's log softmax(z / T)[o_t] (before top-p / top-k), 0 after the
+            response; `None` unless `generate_rollout(record_logprobs=True)`.
     """
 
     input_ids: Tensor
@@ -76,6 +83,7 @@ class Rollout:
     texts: list[str]
     generation_seconds: float
     tokens_generated: int
+    sampled_logprobs: Tensor | None = None
 
     @property
     def response_ids(self) -> Tensor:
@@ -129,16 +137,50 @@ def _check_context(lengths: list[int], max_new_tokens: int, context: int) -> Non
             )
 
 
+class _SampledLogprobs(LogitsProcessor):
+    """Keeps log softmax(z / T)[o_t] of every sampled token, from the scores the sampler is given.
+
+    `generate` runs custom processors after its own non-sampling ones (none by default; e.g.
+    `min_new_tokens` masking) and before the temperature / top-k / top-p warpers (transformers
+    `GenerationMixin._get_logits_processor`), so these are π_old's log-probs at temperature T.
+    A step's token is known only at the next call (as `input_ids[:, -1]`), so one [n, V] row of
+    log-probs waits per step; `finish` takes the last token.
+    """
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature
+        self.pending: Tensor | None = None  # [n, V] log-probs of the step whose token is not yet known
+        self.values: list[Tensor] = []  # l tensors [n]
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        self._take(input_ids[:, -1])
+        self.pending = torch.log_softmax(scores.float() / self.temperature, dim=-1)  # [n, V]
+        return scores  # unchanged: sampling (and its random draws) is exactly what it would be
+
+    def _take(self, tokens: Tensor) -> None:
+        if self.pending is not None:
+            self.values.append(self.pending.gather(-1, tokens[:, None]).squeeze(-1))  # [n]
+            self.pending = None
+
+    def finish(self, responses: Tensor) -> Tensor:
+        """[n, l] log-probs of `responses` [n, l], the tokens generated while this processor was recording."""
+        self._take(responses[:, -1])
+        return torch.stack(self.values, dim=1)  # [n, l]
+
+
 def _generate(
     model: PreTrainedModel | PeftModel,
     rows: list[list[int]],
     sampling: SamplingParams,
     eos_ids: list[int],
     pad_id: int,
-) -> Tensor:
-    """One `generate` call over left-padded `rows`; returns the response columns [n, l], l <= max_new_tokens."""
+    record_logprobs: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """One `generate` call over left-padded `rows` -> (response columns [n, l], l <= max_new_tokens; their
+    sampler log-probs [n, l] or None)."""
     ids, mask = _left_pad(rows, pad_id, model.device)  # [n, p], [n, p]
     greedy = sampling.temperature == 0
+    recorder = _SampledLogprobs(1.0 if greedy else sampling.temperature) if record_logprobs else None
     output = model.generate(
         input_ids=ids,
         attention_mask=mask,
@@ -151,8 +193,10 @@ def _generate(
         eos_token_id=eos_ids,
         pad_token_id=pad_id,
         use_cache=True,
+        logits_processor=LogitsProcessorList([recorder] if recorder else []),
     )  # [n, p+l]
-    return output[:, ids.shape[1] :]  # [n, l]
+    responses = output[:, ids.shape[1] :]  # [n, l]
+    return responses, (recorder.finish(responses) if recorder else None)
 
 
 def _generate_all(
@@ -162,22 +206,30 @@ def _generate_all(
     eos_ids: list[int],
     pad_id: int,
     batch_size: int | None,
-) -> tuple[Tensor, float]:
-    """Generate for all rows, `batch_size` per call, in eval mode; -> (responses [N, L], seconds)."""
+    record_logprobs: bool,
+) -> tuple[Tensor, Tensor | None, float]:
+    """Generate for all rows, `batch_size` per call, in eval mode; -> (responses [N, L], their sampler
+    log-probs [N, L] or None, seconds)."""
     step = batch_size or len(rows)
     was_training = model.training
     model.eval()  # no dropout while sampling; the caller's mode comes back even on error
     start = time.perf_counter()
     try:
         with torch.no_grad():
-            parts = [_generate(model, rows[i : i + step], sampling, eos_ids, pad_id) for i in range(0, len(rows), step)]
+            parts = [_generate(model, rows[i : i + step], sampling, eos_ids, pad_id, record_logprobs)
+                     for i in range(0, len(rows), step)]  # fmt: skip
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - start
-    width = max(part.shape[1] for part in parts)
+    width = max(ids.shape[1] for ids, _ in parts)
+
+    def pad(part: Tensor, value: float) -> Tensor:  # [n, l] -> [n, L]
+        return torch.nn.functional.pad(part, (0, width - part.shape[1]), value=value)
+
     # Only rows that already ended in EOS get padded here: a call stops early only when all its rows did.
-    padded = [torch.nn.functional.pad(part, (0, width - part.shape[1]), value=pad_id) for part in parts]  # [n, L]
-    return torch.cat(padded), seconds  # [N, L]
+    responses = torch.cat([pad(ids, pad_id) for ids, _ in parts])  # [N, L]
+    logps = torch.cat([pad(lp, 0.0) for _, lp in parts if lp is not None]) if record_logprobs else None
+    return responses, logps, seconds  # [N, L], [N, L] | None
 
 
 def generate_rollout(
@@ -189,6 +241,7 @@ def generate_rollout(
     *,
     max_context: int | None = None,
     generation_batch_size: int | None = None,
+    record_logprobs: bool = False,
 ) -> Rollout:
     """Sample `group_size` responses for each rendered (already chat-templated) prompt.
 
@@ -200,6 +253,7 @@ def generate_rollout(
         sampling: Temperature, top-p, top-k, max_new_tokens.
         max_context: Context limit for prompt + response; default the model's max_position_embeddings.
         generation_batch_size: Rows per `generate` call (default: all B·G rows in one call).
+        record_logprobs: Keep the sampler's log-probs of the response tokens (`Rollout.sampled_logprobs`).
 
     Raises:
         ValueError: a prompt is empty or, with max_new_tokens, longer than the context.
@@ -213,7 +267,9 @@ def generate_rollout(
     eos_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
 
-    response_ids, seconds = _generate_all(model, rows, sampling, eos_ids, pad_id, generation_batch_size)  # [N, L]
+    response_ids, sampled, seconds = _generate_all(
+        model, rows, sampling, eos_ids, pad_id, generation_batch_size, record_logprobs
+    )  # [N, L], [N, L] | None
     response_mask, truncated = response_mask_from_ids(response_ids, eos_ids)  # [N, L], [N]
     prompt_ids, prompt_mask = _left_pad(rows, pad_id, response_ids.device)  # [N, P], [N, P]
     lengths = response_mask.sum(dim=1)  # [N]
@@ -233,4 +289,5 @@ def generate_rollout(
         texts=texts,
         generation_seconds=seconds,
         tokens_generated=int(lengths.sum()),
+        sampled_logprobs=None if sampled is None else sampled * response_mask,  # [N, L]
     )

@@ -41,8 +41,14 @@ def policy_generator(pl_module: Any, sampling: SamplingParams) -> Generate:
     """A ``Generate`` that samples from the module's model with its active adapter (one call per chunk)."""
 
     def generate(problems: list[Problem], k: int) -> list[str]:
-        rollout = generate_rollout(pl_module.policy_model, pl_module.tokenizer, pl_module.render(problems), k,
-                                   sampling, max_context=pl_module.max_context)
+        rollout = generate_rollout(
+            pl_module.policy_model,
+            pl_module.tokenizer,
+            pl_module.render(problems),
+            k,
+            sampling,
+            max_context=pl_module.max_context,
+        )
         return rollout.texts
 
     return generate
@@ -208,8 +214,13 @@ class BenchmarkEvaluation(L.Callback):
     # ---- what --------------------------------------------------------------------------------------
 
     def sampling(self, pl_module: Any) -> SamplingParams:
-        return replace(pl_module.sampling, temperature=self.temperature, top_p=self.top_p, top_k=0,
-                       max_new_tokens=self.max_new_tokens or pl_module.sampling.max_new_tokens)
+        return replace(
+            pl_module.sampling,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=0,
+            max_new_tokens=self.max_new_tokens or pl_module.sampling.max_new_tokens,
+        )
 
     def problem_sets(self, trainer: L.Trainer) -> dict[str, list[Problem]]:
         sets: dict[str, list[Problem]] = trainer.datamodule.eval_sets()  # type: ignore[attr-defined]
@@ -221,12 +232,22 @@ class BenchmarkEvaluation(L.Callback):
         enable_thinking = pl_module.prompt.enable_thinking if self.enable_thinking is None else self.enable_thinking
         start = time.perf_counter()
         model = pl_module.policy_model
-        with forked_rng(self.seed), evaluated_adapter(model, self.target) as adapter, \
-                thinking_mode(pl_module, self.enable_thinking):
+        with (
+            forked_rng(self.seed),
+            evaluated_adapter(model, self.target) as adapter,
+            thinking_mode(pl_module, self.enable_thinking),
+        ):
             generate = policy_generator(pl_module, sampling)
             results = [
-                evaluate(name, problems, generate, k=self.k, batch_size=self.batch_size,
-                         thinking=bool(enable_thinking), progress=self.progress and trainer.is_global_zero)
+                evaluate(
+                    name,
+                    problems,
+                    generate,
+                    k=self.k,
+                    batch_size=self.batch_size,
+                    thinking=bool(enable_thinking),
+                    progress=self.progress and trainer.is_global_zero,
+                )
                 for name, problems in self.problem_sets(trainer).items()
             ]
             identity = {
@@ -252,8 +273,17 @@ class BenchmarkEvaluation(L.Callback):
         return results
 
     def settings(self) -> dict[str, Any]:
-        names = ("k", "temperature", "top_p", "max_new_tokens", "enable_thinking", "limit", "batch_size", "seed",
-                 "target")
+        names = (
+            "k",
+            "temperature",
+            "top_p",
+            "max_new_tokens",
+            "enable_thinking",
+            "limit",
+            "batch_size",
+            "seed",
+            "target",
+        )
         return {name: getattr(self, name) for name in names}
 
     # ---- where -------------------------------------------------------------------------------------
@@ -320,8 +350,10 @@ def format_history(history: list[dict[str, Any]]) -> str:
     lines = [f"{'tag':<10} {'step':>6} {'benchmark':<20} {'avg@k':>7} {'pass@k':>7}"]
     for record in history:
         for r in record["results"]:
-            lines.append(f"{record['tag']:<10} {record['step']:>6} {r['name']:<20} {r['avg_at_k']:>7.3f} "
-                         f"{r['pass_at'][r['k']]:>7.3f}")
+            lines.append(
+                f"{record['tag']:<10} {record['step']:>6} {r['name']:<20} {r['avg_at_k']:>7.3f} "
+                f"{r['pass_at'][r['k']]:>7.3f}"
+            )
     return "\n".join(lines)
 
 

@@ -40,8 +40,14 @@ def prompt_records(record: StepRecord, num_prompts: int) -> list[dict[str, Any]]
             }
             for i in rows
         ]
-        out.append({"step": record.step, "problem_id": record.problem_ids[b], "prompt": record.prompts[b],
-                    "responses": responses})
+        out.append(
+            {
+                "step": record.step,
+                "problem_id": record.problem_ids[b],
+                "prompt": record.prompts[b],
+                "responses": responses,
+            }
+        )
     return out
 
 

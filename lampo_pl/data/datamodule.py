@@ -253,6 +253,10 @@ class ProblemDataModule(L.LightningDataModule):
             for problems in self.eval_sets().values()
         ]
 
+    def test_dataloader(self) -> list[DataLoader]:
+        """The evaluation sets again: ``lampo test`` evaluates the same named benchmarks."""
+        return self.val_dataloader()
+
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Problems stay on the host; a training batch reaching its step moves the position past it."""
         if isinstance(batch, ProblemBatch) and self.trainer is not None and self.trainer.training:

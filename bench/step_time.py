@@ -1,0 +1,353 @@
+"""Step time of one RL configuration in lampo-pl and in TRL's GRPOTrainer, alternating in one process.
+
+Both frameworks train the same tiny model (``--model``, built offline) with the same tokenizer, the
+same rendered prompts, the same deterministic reward (a hash of the response text), the same LoRA
+(r, alpha = 2r, no dropout, all-linear) and the same sampling; every response is forced to exactly
+``--max-new-tokens`` tokens (``min_new_tokens``) so that both do identical work per step. Each runs
+its own ordinary loop (a Lightning ``Trainer`` around ``LamPOModule``; ``GRPOTrainer.train()``) in
+its own thread, and a baton lets exactly one of them run at a time, one optimiser step each, so
+the two never compete for the CPU. A step is timed from the end of the previous one (minus the
+wait for the baton), so loop overhead (data loading, hooks, logging) counts for both.
+
+Matching semantics (TRL 1.16, ``trl/trainer/grpo_trainer.py``):
+- aggregation: ``_compute_loss`` (~L3153-3175): ``loss_type="grpo"`` = per-sequence token mean then
+  batch mean = our ``seq_mean_token_mean``; ``"dapo"`` divides by ``num_items_in_batch``, the loss
+  tokens of the whole generation batch (~L2498), times ``grad_accum / steps_per_generation`` = 1 here,
+  = our ``token_mean``; ``"dr_grpo"`` divides by ``N · max_completion_length`` = ``seq_mean_token_sum_norm``.
+- advantages: ``_generate_and_score_completions`` (~L2767-2787): ``scale_rewards="group"`` is our
+  ``grpo`` estimator (TRL adds 1e-4 to the std, we add 1e-6), ``"none"`` is ``dr_grpo``.
+- π_old: at μ = 1 with aligned generation TRL takes no old pass (~L2642-2657) and uses the detached
+  current log-probs (~L3065), as lampo-pl does. The reference (β > 0) is the PEFT model with its
+  adapter disabled (``use_adapter(model, None)``, ~L2722); ours is the frozen ``reference`` adapter,
+  equal to it at the start. Log-probs divide the logits by the temperature in both.
+- the KL is k3 (~L3100) and is added per token before aggregation, as ours.
+TRL has no LamPO estimator: with ``--estimator lampo`` TRL runs ``grpo`` (not identical semantics).
+
+    .venv/bin/python bench/step_time.py                 # ~2 min on 2 idle cores
+    .venv/bin/python bench/step_time.py --loss grpo --beta 0 --mu 2 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+import zlib
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from lampo_pl.batching import Phases
+from lampo_pl.data.record import Problem
+from lampo_pl.data.synthetic import generate_synthetic
+from lampo_pl.module import LamPOModule
+from lampo_pl.policy import resolve_model_source
+from lampo_pl.rewards import RewardBatch
+from lampo_pl.rollout import Rollout, SamplingParams
+from lampo_pl.settings import LoraArgs, MethodArgs, OptimArgs
+
+AGGREGATION = {"grpo": "seq_mean_token_mean", "dapo": "token_mean", "dr_grpo": "seq_mean_token_sum_norm"}
+PHASES = ("generation", "rewards", "old_logprobs", "ref_logprobs", "forward", "backward", "optimizer", "other")
+
+
+def hash_reward(text: str) -> float:
+    """A deterministic reward in [0, 1] that differs between responses, so every group has signal."""
+    return zlib.crc32(text.encode()) % 1000 / 999
+
+
+class Baton:
+    """Two training loops in two threads take turns, one step each; a finished loop frees the other."""
+
+    def __init__(self, first: str) -> None:
+        self.turn: str | None = first
+        self.cond = threading.Condition()
+
+    def take(self, name: str) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.turn in (name, None))
+
+    def pass_to(self, name: str) -> None:
+        with self.cond:
+            if self.turn is not None:
+                self.turn = name
+            self.cond.notify_all()
+
+    def release(self) -> None:
+        with self.cond:
+            self.turn = None
+            self.cond.notify_all()
+
+
+class StepClock:
+    """Wall time of each step of one loop, from the end of its previous step, excluding baton waits."""
+
+    def __init__(self, name: str, other: str, baton: Baton) -> None:
+        self.name, self.other, self.baton = name, other, baton
+        self.steps: list[float] = []
+        self.phases: list[dict[str, float]] = []
+        self.current: dict[str, float] = defaultdict(float)
+        self.tokens: list[int] = []
+        self.start = 0.0
+
+    def begin(self) -> None:
+        self.baton.take(self.name)
+        self.start = time.perf_counter()
+
+    def end(self) -> None:
+        self.steps.append(time.perf_counter() - self.start)
+        self.phases.append(dict(self.current))
+        self.current = defaultdict(float)
+        self.baton.pass_to(self.other)
+        self.begin()
+
+    def timed(self, phase: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.current[phase] += time.perf_counter() - start
+
+        return wrapper
+
+
+# ---- lampo-pl ------------------------------------------------------------------------------------
+
+
+class BenchModule(LamPOModule):
+    """LamPOModule with the hash reward, forced response length and per-phase clocks."""
+
+    clock: StepClock
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        assert self.policy_model is not None
+        # generate() fills unset arguments from the model's generation config: no EOS before max_new_tokens.
+        self.policy_model.get_base_model().generation_config.min_new_tokens = self.sampling.max_new_tokens
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return batch  # host-side problems (frozen dataclasses, which Lightning's default refuses)
+
+    def score(self, rollout: Rollout, problems: list[Problem]) -> RewardBatch:
+        total = [hash_reward(t) for t in rollout.texts]
+        return RewardBatch(total=total, components={"hash": total}, correct=[0.0] * len(total), diagnostics={})
+
+    def micro_batch_loss(self, *args: Any) -> Any:
+        return self.clock.timed("forward", super().micro_batch_loss)(*args)
+
+    def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        self.clock.timed("backward", super().manual_backward)(loss, *args, **kwargs)
+
+    def log_step(self, rollout: Rollout, scored: RewardBatch, adv: Any, result: Any, phases: Phases) -> None:
+        s = phases.seconds
+        c = self.clock.current
+        c["generation"], c["rewards"] = s["generation"], s["rewards"]
+        c["old_logprobs"], c["ref_logprobs"] = s["old_logprobs"], s["ref_logprobs"]
+        c["optimizer"] = s["optimisation"] - c["forward"] - c["backward"]  # grad clip, AdamW step, schedule
+        self.clock.tokens.append(rollout.tokens_generated)
+        super().log_step(rollout, scored, adv, result, phases)
+
+
+class LightningClock(L.Callback):
+    def __init__(self, clock: StepClock) -> None:
+        self.clock = clock
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.clock.begin()
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.clock.end()
+
+
+def build_lampo(
+    args: argparse.Namespace, problems: list[Problem], clock: StepClock
+) -> tuple[BenchModule, Callable[[], None]]:
+    n = args.prompts * args.group_size
+    module = BenchModule(
+        model=args.model, group_size=args.group_size, prompts_per_step=args.prompts,
+        lora=LoraArgs(r=args.lora_r, alpha=2 * args.lora_r, dropout=0.0),
+        sampling=SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens),
+        method=MethodArgs(estimator=args.estimator, aggregation=AGGREGATION[args.loss], beta=args.beta,
+                          num_iterations=args.mu, eps_low=0.2, eps_high=0.2, kl_estimator="k3",
+                          scale="group_std" if args.estimator == "lampo" else "none"),
+        optim=OptimArgs(lr=args.lr, micro_batch_size=args.micro_batch_size or n, betas=(0.9, 0.99), grad_clip=1.0),
+    )
+    module.clock = clock
+    # μ optimiser steps per batch, as TRL counts them: the clock ticks once per batch.
+    trainer = L.Trainer(max_steps=(args.warmup + args.steps) * args.mu, accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, callbacks=[LightningClock(clock)])
+    loader = DataLoader(problems, batch_size=args.prompts, collate_fn=list)  # type: ignore[arg-type]
+    module.configure_model()  # now, to render TRL's prompts with the same tokenizer
+    return module, lambda: trainer.fit(module, train_dataloaders=loader)
+
+
+# ---- TRL ------------------------------------------------------------------------------------------
+
+
+def build_trl(args: argparse.Namespace, prompts: list[str], clock: StepClock) -> Callable[[], None]:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    class TrlClock(TrainerCallback):
+        def on_train_begin(self, *a: Any, **k: Any) -> None:
+            clock.begin()
+
+        def on_pre_optimizer_step(self, *a: Any, **k: Any) -> None:
+            self.start = time.perf_counter()  # after the grad clipping
+
+        def on_optimizer_step(self, *a: Any, **k: Any) -> None:
+            clock.current["optimizer"] += time.perf_counter() - self.start
+
+        def on_step_end(self, args_: Any, state: Any, control: Any, **k: Any) -> None:
+            if state.global_step % args.mu == 0:  # TRL counts μ optimiser steps per batch: tick once per batch
+                clock.end()
+
+    def reward(completions: list[str], completion_ids: list[list[int]], **kwargs: Any) -> list[float]:
+        clock.tokens.append(sum(len(ids) for ids in completion_ids))
+        return [hash_reward(t) for t in completions]
+
+    source = resolve_model_source(args.model)
+    n = args.prompts * args.group_size
+    mbs = args.micro_batch_size or n
+    config = GRPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="trl-bench-"), report_to="none", save_strategy="no", use_cpu=True,
+        bf16=False, gradient_checkpointing=False, seed=0, disable_tqdm=True, shuffle_dataset=False,
+        max_steps=(args.warmup + args.steps) * args.mu, logging_steps=10, dataloader_num_workers=0,
+        per_device_train_batch_size=mbs, gradient_accumulation_steps=n // mbs, num_generations=args.group_size,
+        max_completion_length=args.max_new_tokens, generation_kwargs={"min_new_tokens": args.max_new_tokens},
+        temperature=args.temperature, top_p=1.0, top_k=0, repetition_penalty=1.0,
+        beta=args.beta, num_iterations=args.mu, loss_type=args.loss, epsilon=0.2,
+        scale_rewards="none" if args.estimator == "dr_grpo" else "group",
+        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        adam_beta1=0.9, adam_beta2=0.99, max_grad_norm=1.0, optim="adamw_torch",
+    )
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.padding_side = "left"
+    lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules="all-linear",
+                      task_type="CAUSAL_LM")
+    # Each prompt once per step: the repeat sampler gives it G times (num_generations).
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, processing_class=tokenizer,
+                          train_dataset=Dataset.from_dict({"prompt": prompts}), peft_config=lora,
+                          callbacks=[TrlClock()])
+    trainer._generate = clock.timed("generation", trainer._generate)
+    trainer._calculate_rewards = clock.timed("rewards", trainer._calculate_rewards)
+    logps, score = trainer._get_per_token_logps_and_entropies, trainer._generate_and_score_completions
+    no_grad_passes = [0]
+
+    def scored(*a: Any, **k: Any) -> Any:
+        no_grad_passes[0] = 0
+        return score(*a, **k)
+
+    def per_token_logps(*a: Any, **k: Any) -> Any:
+        # With grad: the loss forward. Without: the old pass comes first when μ > 1 (~L2646), then the reference.
+        phase = "forward"
+        if not torch.is_grad_enabled():
+            phase = "old_logprobs" if args.mu > 1 and no_grad_passes[0] == 0 else "ref_logprobs"
+            no_grad_passes[0] += 1
+        return clock.timed(phase, logps)(*a, **k)
+
+    trainer._generate_and_score_completions = scored
+    trainer._get_per_token_logps_and_entropies = per_token_logps
+    trainer.accelerator.backward = clock.timed("backward", trainer.accelerator.backward)
+    return trainer.train
+
+
+# ---- run ------------------------------------------------------------------------------------------
+
+
+def run_alternating(runs: dict[str, Callable[[], None]], baton: Baton) -> None:
+    """Run each loop in its own thread (lampo-pl's Lightning loop in the main one), turn by turn."""
+    errors: list[BaseException] = []
+
+    def guarded(fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except BaseException as error:  # re-raised in the main thread below
+            errors.append(error)
+        finally:
+            baton.release()
+
+    others = [threading.Thread(target=guarded, args=(fn,), daemon=True) for name, fn in runs.items()
+              if name != "lampo-pl"]
+    for thread in others:
+        thread.start()
+    guarded(runs["lampo-pl"])
+    for thread in others:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def summarise(clock: StepClock, warmup: int) -> dict[str, float]:
+    steps, phases = clock.steps[warmup:], clock.phases[warmup:]
+    for step, ph in zip(steps, phases, strict=True):
+        ph["other"] = step - sum(ph.values())  # the loop, hooks, logging, advantages, padding
+    out = {p: statistics.median(ph.get(p, 0.0) for ph in phases) for p in PHASES}
+    out["step"] = statistics.median(steps)
+    out["tokens"] = statistics.median(clock.tokens[warmup:])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny:qwen3", help="tiny:<arch>, a local folder or a hub id")
+    parser.add_argument("--group-size", type=int, default=8, help="G responses per prompt")
+    parser.add_argument("--prompts", type=int, default=4, help="B prompts per step")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="every response has exactly this length")
+    parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (alpha = 2r), all-linear")
+    parser.add_argument("--beta", type=float, default=0.04, help="KL coefficient (k3)")
+    parser.add_argument("--mu", type=int, default=1, help="optimisation passes per rollout batch")
+    parser.add_argument("--loss", choices=sorted(AGGREGATION), default="dapo", help="TRL loss_type")
+    parser.add_argument("--estimator", choices=["grpo", "dr_grpo", "lampo"], default="grpo")
+    parser.add_argument("--micro-batch-size", type=int, default=None, help="rows per forward/backward (B·G)")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--steps", type=int, default=12, help="measured steps per framework")
+    parser.add_argument("--warmup", type=int, default=3, help="unmeasured first steps per framework")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--no-trl", action="store_true", help="lampo-pl only")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    total = (args.warmup + args.steps) * args.prompts
+    problems = generate_synthetic(total, levels=(1, 2))
+    baton = Baton("lampo-pl")
+    clocks = {"lampo-pl": StepClock("lampo-pl", "TRL", baton), "TRL": StepClock("TRL", "lampo-pl", baton)}
+    module, fit = build_lampo(args, problems, clocks["lampo-pl"])
+    runs = {"lampo-pl": fit}
+    if not args.no_trl:  # the exact prompt strings lampo-pl renders (chat template of the same tokenizer)
+        runs["TRL"] = build_trl(args, module.render(problems), clocks["TRL"])
+    L.seed_everything(0, verbose=False)
+    run_alternating(runs, baton)
+    results = {name: summarise(clocks[name], args.warmup) for name in runs}
+    print_table(args, results)
+
+
+def print_table(args: argparse.Namespace, results: dict[str, dict[str, float]]) -> None:
+    names = list(results)
+    print(f"{args.model}, G={args.group_size}, B={args.prompts}, {args.max_new_tokens} new tokens, "
+          f"LoRA r={args.lora_r}, "
+          f"β={args.beta}, μ={args.mu}, loss={args.loss} ({AGGREGATION[args.loss]}), estimator={args.estimator}, "
+          f"micro-batch={args.micro_batch_size or args.prompts * args.group_size}, {torch.get_num_threads()} threads; "
+          f"medians of {args.steps} steps after {args.warmup} warm-up")
+    print("| phase (s) | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for phase in (*PHASES, "step"):
+        print(f"| {phase} | " + " | ".join(f"{results[n][phase]:.3f}" for n in names) + " |")
+    print("| tokens / step | " + " | ".join(f"{results[n]['tokens']:.0f}" for n in names) + " |")
+    print("| tokens / s | " + " | ".join(f"{results[n]['tokens'] / results[n]['step']:.0f}" for n in names) + " |")
+    if "TRL" in results:
+        print(f"lampo-pl / TRL step time: {results['lampo-pl']['step'] / results['TRL']['step']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

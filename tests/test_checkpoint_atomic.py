@@ -1,0 +1,97 @@
+"""A process killed while saving never leaves a checkpoint that loads half-written; the CLI uses that writer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lampo_pl.checkpointing as checkpointing
+from lampo_pl.checkpointing import TMP_SUFFIX, AtomicCheckpointIO, RNGStateCheckpoint, capture_rng, restore_rng
+from lampo_pl.cli import build_cli
+
+SMOKE = str(Path(__file__).parents[1] / "configs" / "smoke.yaml")
+
+# Saves version 1 completely, then starts saving version 2 but stops halfway through the bytes and waits.
+CHILD = """
+import io, sys, time
+import torch
+import lampo_pl.checkpointing as checkpointing
+
+path = sys.argv[1]
+plugin = checkpointing.AtomicCheckpointIO()
+plugin.save_checkpoint({"version": 1, "weights": torch.arange(1000)}, path)
+
+def stall_halfway(checkpoint, file):
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    data = buffer.getvalue()
+    file.write(data[: len(data) // 2])
+    file.flush()
+    print("HALF", flush=True)
+    time.sleep(120)
+
+checkpointing._write = stall_halfway
+plugin.save_checkpoint({"version": 2, "weights": torch.arange(1_000_000)}, path)
+"""
+
+
+def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "HALF", "the child never reached the middle of its second save"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    loaded = AtomicCheckpointIO().load_checkpoint(path)
+    assert loaded["version"] == 1 and torch.equal(loaded["weights"], torch.arange(1000))
+    assert [p.name for p in tmp_path.glob("*.ckpt")] == ["last.ckpt"]  # the partial file is not a *.ckpt
+    partial = path.with_name(path.name + TMP_SUFFIX)
+    assert partial.exists()
+    with pytest.raises(Exception):  # noqa: B017  (torch raises RuntimeError or pickle errors, by version)
+        torch.load(partial, weights_only=True)
+
+
+def test_failed_save_leaves_neither_a_new_file_nor_a_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "step=1.ckpt"
+    plugin = AtomicCheckpointIO()
+    plugin.save_checkpoint({"version": 1}, path)
+
+    def fail(checkpoint: dict, file: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpointing, "_write", fail)
+    with pytest.raises(OSError, match="disk full"):
+        plugin.save_checkpoint({"version": 2}, path)
+    assert plugin.load_checkpoint(path)["version"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step=1.ckpt"]
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(1), random.seed(2), np.random.seed(3)
+    state = capture_rng()
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    AtomicCheckpointIO().save_checkpoint({"rng": state}, tmp_path / "rng.ckpt")
+    torch.manual_seed(9), random.seed(9), np.random.seed(9)
+    restore_rng(AtomicCheckpointIO().load_checkpoint(tmp_path / "rng.ckpt", weights_only=True)["rng"])
+    again = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(again[0], expected[0]) and again[1:] == expected[1:]
+
+
+def test_cli_defaults_use_the_atomic_writer_and_the_rng_callback(tmp_path: Path) -> None:
+    cli = build_cli(["-c", SMOKE, "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)], run=False)
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert sum(isinstance(c, RNGStateCheckpoint) for c in cli.trainer.callbacks) == 1

@@ -1,0 +1,168 @@
+"""``lampo validate`` on the tiny model: the policy, the base model or a saved adapter; JSON, metrics, RNG."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+
+import lampo_pl.cli as cli_mod
+from lampo_pl.callbacks import BenchmarkEvaluation
+from lampo_pl.callbacks.adapter import save_policy_adapter
+from lampo_pl.callbacks.evaluation import EVAL_ADAPTER, adapter_sha256, evaluated_adapter, forked_rng
+from lampo_pl.data.datamodule import ProblemDataModule
+from lampo_pl.evaluation_steps import EvaluationSteps
+from lampo_pl.module import LamPOModule
+from lampo_pl.policy import POLICY_ADAPTER, load_policy
+from lampo_pl.rollout import SamplingParams
+from lampo_pl.settings import OptimArgs
+
+SMOKE = str(Path(__file__).parents[1] / "configs" / "smoke.yaml")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """2 cores shared with other jobs: two intra-op threads spin against each other (~6x slower measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A policy adapter with random LoRA B (a fresh one equals the base model), saved as AdapterExport does."""
+    model, tokenizer = load_policy("tiny:qwen3", lora_r=8, lora_alpha=16)  # the smoke config's LoRA
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if f"lora_B.{POLICY_ADAPTER}" in name:
+                param.normal_(0, 0.5)
+    path = save_policy_adapter(
+        SimpleNamespace(policy_model=model, tokenizer=tokenizer), tmp_path_factory.mktemp("adapter") / "final"
+    )
+    path.joinpath("sha256").write_text(str(adapter_sha256(model, POLICY_ADAPTER)))
+    return path
+
+
+def validate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -> tuple[dict, dict]:
+    """Run ``lampo validate`` on the smoke config in ``tmp_path``; -> (the JSON record, callback_metrics)."""
+    monkeypatch.chdir(tmp_path)
+    if not issubclass(cli_mod.LamPOModule, EvaluationSteps):  # until module.py mixes EvaluationSteps in
+        monkeypatch.setattr(cli_mod, "LamPOModule", type("EvalModule", (EvaluationSteps, LamPOModule), {}))
+    args = [
+        "validate",
+        "-c",
+        SMOKE,
+        "--limit",
+        "3",
+        "--k",
+        "2",
+        "--data.synthetic_eval_size",
+        "4",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        *extra,
+    ]
+    cli = cli_mod.build_cli(args)
+    files = list(Path(cli.trainer.log_dir).glob("eval/validate_step*.json"))
+    assert len(files) == 1
+    return json.loads(files[0].read_text()), dict(cli.trainer.callback_metrics)
+
+
+def test_validate_policy_base_and_adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, adapter_dir: Path) -> None:
+    policy, metrics = validate(tmp_path, monkeypatch)
+    assert policy["model"]["target"] == "policy" and policy["model"]["name"] == "tiny:qwen3"
+    assert policy["evaluation"]["k"] == 2 and policy["evaluation"]["limit"] == 3
+    assert policy["sampling"]["temperature"] == 0.6 and policy["sampling"]["top_p"] == 0.95
+    (result,) = policy["results"]
+    assert (result["name"], result["num_problems"], result["num_samples"]) == ("synthetic", 3, 6)
+    assert policy["hparams"]["model"] == "tiny:qwen3" and policy["data"]["eval_sets"] == ["synthetic"]
+    assert metrics["eval/synthetic/avg@2"] == pytest.approx(result["avg_at_k"])
+    assert "eval/synthetic/pass@2" in metrics
+
+    base, _ = validate(tmp_path, monkeypatch, "--base_model", "true")
+    assert base["model"]["target"] == "base" and base["model"]["adapter_sha256"] is None
+
+    saved, _ = validate(tmp_path, monkeypatch, "--adapter", str(adapter_dir))
+    assert saved["model"]["target"] == str(adapter_dir)
+    assert saved["model"]["adapter_sha256"] == adapter_dir.joinpath("sha256").read_text()  # those very weights
+    assert saved["model"]["adapter_sha256"] != policy["model"]["adapter_sha256"]
+
+
+def test_fit_rejects_evaluation_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="init_adapter"):
+        cli_mod.build_cli(["fit", "-c", SMOKE, "--base_model", "true"])
+
+
+def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_evaluated_adapter_switches_and_restores(adapter_dir: Path) -> None:
+    model, _ = load_policy("tiny:qwen3", lora_r=8, lora_alpha=16)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    fresh_policy = logits(model, ids)  # a fresh LoRA (B = 0) is the base model
+    with evaluated_adapter(model, str(adapter_dir)) as name:
+        assert name == EVAL_ADAPTER
+        trained = logits(model, ids)
+    with evaluated_adapter(model, "base") as name:
+        assert name is None
+        base = logits(model, ids)
+    assert not torch.allclose(trained, fresh_policy)
+    assert torch.allclose(base, fresh_policy)
+    assert model.active_adapter == POLICY_ADAPTER and EVAL_ADAPTER not in model.peft_config
+    assert flags == {n: p.requires_grad for n, p in model.named_parameters()}
+
+
+def test_forked_rng_leaves_the_training_stream_untouched() -> None:
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    with forked_rng(1234):
+        inside = torch.rand(4)
+    assert torch.equal(torch.rand(4), expected)
+    with forked_rng(1234):
+        assert torch.equal(torch.rand(4), inside)  # the evaluation's own stream is reproducible
+
+
+def test_trainer_test_runs_the_evaluation(tmp_path: Path) -> None:
+    module_cls = (
+        LamPOModule
+        if issubclass(LamPOModule, EvaluationSteps)
+        else type("EvalModule", (EvaluationSteps, LamPOModule), {})
+    )
+    data_cls = ProblemDataModule
+    if ProblemDataModule.test_dataloader is L.LightningDataModule.test_dataloader:  # until the data module has one
+        data_cls = type("EvalData", (ProblemDataModule,), {"test_dataloader": ProblemDataModule.val_dataloader})
+    module = module_cls(
+        model="tiny:qwen3",
+        group_size=2,
+        prompts_per_step=2,
+        sampling=SamplingParams(max_new_tokens=4),
+        optim=OptimArgs(micro_batch_size=4),
+    )
+    data = data_cls(eval_sets=["synthetic"], prompts_per_step=2, synthetic_size=4, synthetic_eval_size=3)
+    evaluation = BenchmarkEvaluation(k=2, max_new_tokens=4, progress=False, output_dir=str(tmp_path))
+    trainer = L.Trainer(
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[evaluation],
+        default_root_dir=tmp_path,
+    )
+    (metrics,) = trainer.test(module, datamodule=data, verbose=False)
+    record = json.loads((tmp_path / "test_step0.json").read_text())
+    assert record["tag"] == "test" and record["results"][0]["num_samples"] == 6
+    assert metrics["eval/synthetic/avg@2"] == record["results"][0]["avg_at_k"]
+    assert metrics.keys() >= {"eval/synthetic/pass@1", "eval/synthetic/pass@2"}
