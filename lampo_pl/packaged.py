@@ -15,6 +15,7 @@ half-written folder that later runs would trust.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -67,11 +68,10 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def _convert_smollm2(target: Path) -> None:
-    """Load the GGUF (dequantised), rebuild a plain Llama model and save it with its tokenizer."""
+def convert_gguf(gguf: Path, target: Path) -> None:
+    """Load a GGUF file (dequantised), rebuild a plain model from its config and save it with its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = smollm2_gguf()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config_dict = {k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"}
@@ -83,8 +83,18 @@ def _convert_smollm2(target: Path) -> None:
     tokenizer.save_pretrained(target)
 
 
+def gguf_model_dir(path: str | Path) -> Path:
+    """Plain copy of any local GGUF file, cached under a key of its name, size and modification time."""
+    gguf = Path(path).expanduser().resolve()
+    if not gguf.is_file():
+        raise FileNotFoundError(f"GGUF model file {gguf} does not exist")
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return build_cached(cache_root() / f"gguf-{gguf.stem}-{key}", lambda target: convert_gguf(gguf, target))
+
+
 def packaged_model_dir(name: str = SMOLLM2_NAME) -> Path:
     """Folder of a plain (safetensors + tokenizer) copy of a packaged model, built on first use."""
     if name != SMOLLM2_NAME:
         raise ValueError(f"unknown packaged model {name!r}; available: {SMOLLM2_NAME}")
-    return build_cached(cache_root() / name, _convert_smollm2)
+    return build_cached(cache_root() / name, lambda target: convert_gguf(smollm2_gguf(), target))

@@ -43,7 +43,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from lampo_pl.packaged import build_cached, cache_root, packaged_model_dir
+from lampo_pl.packaged import build_cached, cache_root, gguf_model_dir, packaged_model_dir
 from lampo_pl.tiny import TINY_VERSION, TinyArch, save_tiny
 
 Quantization = Literal["none", "4bit", "8bit"]
@@ -63,6 +63,8 @@ def resolve_model_source(name: str) -> str:
         return str(build_cached(folder, lambda target: save_tiny(target, arch)))
     if kind == "packaged":
         return str(packaged_model_dir(rest))
+    if name.endswith(".gguf"):
+        return str(gguf_model_dir(name))
     return name
 
 

@@ -192,3 +192,25 @@ def test_tokenizer_without_pad_gets_eos_as_pad(tmp_path: Path) -> None:
     _, loaded = load_policy(str(tmp_path), lora_r=4)
     assert loaded.pad_token == loaded.eos_token == "<|im_end|>"
     assert loaded.padding_side == "left"
+
+
+def test_a_local_gguf_file_is_converted_once_and_cached(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import lampo_pl.packaged as packaged
+    from lampo_pl.policy import resolve_model_source
+
+    monkeypatch.setenv("LAMPO_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "my-model.Q4_0.gguf"
+    gguf.write_bytes(b"GGUF")
+    calls: list[tuple[str, str]] = []
+
+    def fake_convert(src, target):  # type: ignore[no-untyped-def]
+        calls.append((str(src), str(target)))
+        (target / "config.json").write_text("{}")
+
+    monkeypatch.setattr(packaged, "convert_gguf", fake_convert)
+    first = resolve_model_source(str(gguf))
+    second = resolve_model_source(str(gguf))
+    assert first == second and (tmp_path / "cache") in Path(first).parents
+    assert len(calls) == 1 and calls[0][0] == str(gguf)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_model_source(str(tmp_path / "missing.gguf"))
