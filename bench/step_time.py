@@ -1,13 +1,16 @@
-"""Step time of one RL configuration in lampo-pl and in TRL's GRPOTrainer, alternating in one process.
+"""Step time of one RL configuration in lampo-pl and in TRL's GRPOTrainer, alternating in one run.
 
 Both frameworks train the same tiny model (``--model``, built offline) with the same tokenizer, the
 same rendered prompts, the same deterministic reward (a hash of the response text), the same LoRA
 (r, alpha = 2r, no dropout, all-linear) and the same sampling; every response is forced to exactly
 ``--max-new-tokens`` tokens (``min_new_tokens``) so that both do identical work per step. Each runs
 its own ordinary loop (a Lightning ``Trainer`` around ``LamPOModule``; ``GRPOTrainer.train()``) in
-its own thread, and a baton lets exactly one of them run at a time, one optimiser step each, so
-the two never compete for the CPU. A step is timed from the end of the previous one (minus the
-wait for the baton), so loop overhead (data loading, hooks, logging) counts for both.
+its own process, and a baton (two semaphores) lets exactly one of them run at a time, one step
+each, so the two never compete for the CPU and drift in machine speed hits both alike. A step is
+timed from the end of the previous one (minus the wait for the baton), so loop overhead (data
+loading, hooks, logging) counts for both. Processes, not threads: once a second thread has used
+torch, libgomp runs two OpenMP teams on 2 cores and every parallel region of either thread got
+about 2× slower (measured: 0.11 s → 0.22 s for the same matmul loop, the other thread idle).
 
 Matching semantics (TRL 1.16, ``trl/trainer/grpo_trainer.py``):
 - aggregation: ``_compute_loss`` (~L3153-3175): ``loss_type="grpo"`` = per-sequence token mean then
@@ -21,19 +24,24 @@ Matching semantics (TRL 1.16, ``trl/trainer/grpo_trainer.py``):
   adapter disabled (``use_adapter(model, None)``, ~L2722); ours is the frozen ``reference`` adapter,
   equal to it at the start. Log-probs divide the logits by the temperature in both.
 - the KL is k3 (~L3100) and is added per token before aggregation, as ours.
+- sampling: ``generate`` with ``do_sample``, temperature, top-p 1, top-k 0, repetition penalty 1 and
+  ``generation_kwargs`` merged in (~L1155-1173), here ``min_new_tokens``; lampo-pl passes the same
+  values and ``generate`` takes ``min_new_tokens`` from the model's generation config.
 TRL has no LamPO estimator: with ``--estimator lampo`` TRL runs ``grpo`` (not identical semantics).
 
-    .venv/bin/python bench/step_time.py                 # ~2 min on 2 idle cores
+    .venv/bin/python bench/step_time.py                 # ~1 min on 2 idle cores
     .venv/bin/python bench/step_time.py --loss grpo --beta 0 --mu 2 --steps 20
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
+import shutil
 import statistics
 import tempfile
-import threading
 import time
+import traceback
 import zlib
 from collections import defaultdict
 from collections.abc import Callable
@@ -53,7 +61,9 @@ from lampo_pl.rollout import Rollout, SamplingParams
 from lampo_pl.settings import LoraArgs, MethodArgs, OptimArgs
 
 AGGREGATION = {"grpo": "seq_mean_token_mean", "dapo": "token_mean", "dr_grpo": "seq_mean_token_sum_norm"}
-PHASES = ("generation", "rewards", "old_logprobs", "ref_logprobs", "forward", "backward", "optimizer", "other")
+PHASES = ("generation", "rewards", "old_logprobs", "ref_logprobs", "forward", "backward", "optimizer", "logging",
+          "other")
+GENERATE = "(generate() in generation)"  # a part of "generation", not a phase of its own
 
 
 def hash_reward(text: str) -> float:
@@ -62,32 +72,29 @@ def hash_reward(text: str) -> float:
 
 
 class Baton:
-    """Two training loops in two threads take turns, one step each; a finished loop frees the other."""
+    """Two loops in two processes take turns, one step each; a finished (or failed) loop frees the other."""
 
-    def __init__(self, first: str) -> None:
-        self.turn: str | None = first
-        self.cond = threading.Condition()
+    def __init__(self, names: list[str]) -> None:
+        self.turns = {name: mp.get_context("spawn").Semaphore(1 if i == 0 else 0) for i, name in enumerate(names)}
+        self.finished = {name: mp.get_context("spawn").Event() for name in names}
 
-    def take(self, name: str) -> None:
-        with self.cond:
-            self.cond.wait_for(lambda: self.turn in (name, None))
+    def take(self, name: str, other: str | None) -> None:
+        if other is not None and not self.finished[other].is_set():
+            self.turns[name].acquire()
 
-    def pass_to(self, name: str) -> None:
-        with self.cond:
-            if self.turn is not None:
-                self.turn = name
-            self.cond.notify_all()
+    def pass_to(self, other: str | None) -> None:
+        if other is not None:
+            self.turns[other].release()
 
-    def release(self) -> None:
-        with self.cond:
-            self.turn = None
-            self.cond.notify_all()
+    def finish(self, name: str, other: str | None) -> None:
+        self.finished[name].set()
+        self.pass_to(other)
 
 
 class StepClock:
     """Wall time of each step of one loop, from the end of its previous step, excluding baton waits."""
 
-    def __init__(self, name: str, other: str, baton: Baton) -> None:
+    def __init__(self, name: str, other: str | None, baton: Baton) -> None:
         self.name, self.other, self.baton = name, other, baton
         self.steps: list[float] = []
         self.phases: list[dict[str, float]] = []
@@ -96,7 +103,7 @@ class StepClock:
         self.start = 0.0
 
     def begin(self) -> None:
-        self.baton.take(self.name)
+        self.baton.take(self.name, self.other)
         self.start = time.perf_counter()
 
     def end(self) -> None:
@@ -105,6 +112,9 @@ class StepClock:
         self.current = defaultdict(float)
         self.baton.pass_to(self.other)
         self.begin()
+
+    def record(self) -> dict[str, Any]:
+        return {"steps": self.steps, "phases": self.phases, "tokens": self.tokens}
 
     def timed(self, phase: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -148,10 +158,11 @@ class BenchModule(LamPOModule):
         s = phases.seconds
         c = self.clock.current
         c["generation"], c["rewards"] = s["generation"], s["rewards"]
+        c[GENERATE] = rollout.generation_seconds  # inside generation: the generate() calls
         c["old_logprobs"], c["ref_logprobs"] = s["old_logprobs"], s["ref_logprobs"]
         c["optimizer"] = s["optimisation"] - c["forward"] - c["backward"]  # grad clip, AdamW step, schedule
         self.clock.tokens.append(rollout.tokens_generated)
-        super().log_step(rollout, scored, adv, result, phases)
+        self.clock.timed("logging", super().log_step)(rollout, scored, adv, result, phases)
 
 
 class LightningClock(L.Callback):
@@ -165,9 +176,7 @@ class LightningClock(L.Callback):
         self.clock.end()
 
 
-def build_lampo(
-    args: argparse.Namespace, problems: list[Problem], clock: StepClock
-) -> tuple[BenchModule, Callable[[], None]]:
+def build_lampo(args: argparse.Namespace, problems: list[Problem], clock: StepClock) -> Callable[[], None]:
     n = args.prompts * args.group_size
     module = BenchModule(
         model=args.model, group_size=args.group_size, prompts_per_step=args.prompts,
@@ -184,17 +193,16 @@ def build_lampo(
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, callbacks=[LightningClock(clock)])
     loader = DataLoader(problems, batch_size=args.prompts, collate_fn=list)  # type: ignore[arg-type]
-    module.configure_model()  # now, to render TRL's prompts with the same tokenizer
-    return module, lambda: trainer.fit(module, train_dataloaders=loader)
+    return lambda: trainer.fit(module, train_dataloaders=loader)
 
 
 # ---- TRL ------------------------------------------------------------------------------------------
 
 
-def build_trl(args: argparse.Namespace, prompts: list[str], clock: StepClock) -> Callable[[], None]:
+def build_trl(args: argparse.Namespace, problems: list[Problem], clock: StepClock) -> Callable[[], None]:
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     class TrlClock(TrainerCallback):
@@ -218,8 +226,9 @@ def build_trl(args: argparse.Namespace, prompts: list[str], clock: StepClock) ->
     source = resolve_model_source(args.model)
     n = args.prompts * args.group_size
     mbs = args.micro_batch_size or n
+    scratch = tempfile.mkdtemp(prefix="step-time-trl-")  # output_dir; nothing is saved (save_strategy "no")
     config = GRPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="trl-bench-"), report_to="none", save_strategy="no", use_cpu=True,
+        output_dir=scratch, report_to="none", save_strategy="no", use_cpu=True,
         bf16=False, gradient_checkpointing=False, seed=0, disable_tqdm=True, shuffle_dataset=False,
         max_steps=(args.warmup + args.steps) * args.mu, logging_steps=10, dataloader_num_workers=0,
         per_device_train_batch_size=mbs, gradient_accumulation_steps=n // mbs, num_generations=args.group_size,
@@ -233,12 +242,16 @@ def build_trl(args: argparse.Namespace, prompts: list[str], clock: StepClock) ->
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(source)
     tokenizer.padding_side = "left"
+    renderer = BenchModule(model=args.model)
+    renderer.tokenizer = tokenizer
+    prompts = renderer.render(problems)  # the exact strings lampo-pl samples from (same chat template)
     lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules="all-linear",
                       task_type="CAUSAL_LM")
     # Each prompt once per step: the repeat sampler gives it G times (num_generations).
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, processing_class=tokenizer,
                           train_dataset=Dataset.from_dict({"prompt": prompts}), peft_config=lora,
                           callbacks=[TrlClock()])
+    trainer.remove_callback(PrinterCallback)  # its per-log dict prints would bury the table
     trainer._generate = clock.timed("generation", trainer._generate)
     trainer._calculate_rewards = clock.timed("rewards", trainer._calculate_rewards)
     logps, score = trainer._get_per_token_logps_and_entropies, trainer._generate_and_score_completions
@@ -257,44 +270,61 @@ def build_trl(args: argparse.Namespace, prompts: list[str], clock: StepClock) ->
         return clock.timed(phase, logps)(*a, **k)
 
     trainer._generate_and_score_completions = scored
+    trainer.model.generate = clock.timed(GENERATE, trainer.model.generate)  # the PeftModel that TRL unwraps
     trainer._get_per_token_logps_and_entropies = per_token_logps
     trainer.accelerator.backward = clock.timed("backward", trainer.accelerator.backward)
-    return trainer.train
+
+    def train() -> None:
+        try:
+            trainer.train()
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    return train
 
 
 # ---- run ------------------------------------------------------------------------------------------
 
 
-def run_alternating(runs: dict[str, Callable[[], None]], baton: Baton) -> None:
-    """Run each loop in its own thread (lampo-pl's Lightning loop in the main one), turn by turn."""
-    errors: list[BaseException] = []
+def run_one(name: str, other: str | None, args: argparse.Namespace, baton: Baton, results: Any) -> None:
+    """One framework's whole run, in its own process; its step clock goes back through ``results``."""
+    torch.set_num_threads(args.threads)
+    L.seed_everything(0, verbose=False)
+    clock = StepClock(name, other, baton)
+    problems = generate_synthetic((args.warmup + args.steps) * args.prompts, levels=(1, 2))
+    try:
+        run = (build_lampo if name == "lampo-pl" else build_trl)(args, problems, clock)
+        run()
+        results.put((name, clock.record()))
+    except BaseException:
+        results.put((name, traceback.format_exc()))
+    finally:
+        baton.finish(name, other)
 
-    def guarded(fn: Callable[[], None]) -> None:
-        try:
-            fn()
-        except BaseException as error:  # re-raised in the main thread below
-            errors.append(error)
-        finally:
-            baton.release()
 
-    others = [threading.Thread(target=guarded, args=(fn,), daemon=True) for name, fn in runs.items()
-              if name != "lampo-pl"]
-    for thread in others:
-        thread.start()
-    guarded(runs["lampo-pl"])
-    for thread in others:
-        thread.join()
+def run_alternating(args: argparse.Namespace, names: list[str]) -> dict[str, dict[str, Any]]:
+    ctx = mp.get_context("spawn")  # a fresh interpreter each: no torch state or OpenMP team shared
+    baton, results = Baton(names), ctx.Queue()
+    others = {name: next((o for o in names if o != name), None) for name in names}
+    procs = [ctx.Process(target=run_one, args=(n, others[n], args, baton, results)) for n in names]
+    for proc in procs:
+        proc.start()
+    records = dict(results.get() for _ in procs)
+    for proc in procs:
+        proc.join()
+    errors = [f"{name}:\n{rec}" for name, rec in records.items() if isinstance(rec, str)]
     if errors:
-        raise errors[0]
+        raise RuntimeError("\n".join(errors))
+    return records
 
 
-def summarise(clock: StepClock, warmup: int) -> dict[str, float]:
-    steps, phases = clock.steps[warmup:], clock.phases[warmup:]
+def summarise(record: dict[str, Any], warmup: int) -> dict[str, float]:
+    steps, phases = record["steps"][warmup:], record["phases"][warmup:]
     for step, ph in zip(steps, phases, strict=True):
-        ph["other"] = step - sum(ph.values())  # the loop, hooks, logging, advantages, padding
-    out = {p: statistics.median(ph.get(p, 0.0) for ph in phases) for p in PHASES}
+        ph["other"] = step - sum(v for k, v in ph.items() if k != GENERATE)  # the loop, hooks, advantages
+    out = {p: statistics.median(ph.get(p, 0.0) for ph in phases) for p in (*PHASES, GENERATE)}
     out["step"] = statistics.median(steps)
-    out["tokens"] = statistics.median(clock.tokens[warmup:])
+    out["tokens"] = statistics.median(record["tokens"][warmup:])
     return out
 
 
@@ -317,19 +347,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--no-trl", action="store_true", help="lampo-pl only")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    total = (args.warmup + args.steps) * args.prompts
-    problems = generate_synthetic(total, levels=(1, 2))
-    baton = Baton("lampo-pl")
-    clocks = {"lampo-pl": StepClock("lampo-pl", "TRL", baton), "TRL": StepClock("TRL", "lampo-pl", baton)}
-    module, fit = build_lampo(args, problems, clocks["lampo-pl"])
-    runs = {"lampo-pl": fit}
-    if not args.no_trl:  # the exact prompt strings lampo-pl renders (chat template of the same tokenizer)
-        runs["TRL"] = build_trl(args, module.render(problems), clocks["TRL"])
-    L.seed_everything(0, verbose=False)
-    run_alternating(runs, baton)
-    results = {name: summarise(clocks[name], args.warmup) for name in runs}
-    print_table(args, results)
+    names = ["lampo-pl"] if args.no_trl else ["lampo-pl", "TRL"]
+    records = run_alternating(args, names)
+    print_table(args, {name: summarise(records[name], args.warmup) for name in names})
 
 
 def print_table(args: argparse.Namespace, results: dict[str, dict[str, float]]) -> None:
@@ -337,16 +357,16 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, float]]) 
     print(f"{args.model}, G={args.group_size}, B={args.prompts}, {args.max_new_tokens} new tokens, "
           f"LoRA r={args.lora_r}, "
           f"β={args.beta}, μ={args.mu}, loss={args.loss} ({AGGREGATION[args.loss]}), estimator={args.estimator}, "
-          f"micro-batch={args.micro_batch_size or args.prompts * args.group_size}, {torch.get_num_threads()} threads; "
+          f"micro-batch={args.micro_batch_size or args.prompts * args.group_size}, {args.threads} threads; "
           f"medians of {args.steps} steps after {args.warmup} warm-up")
     print("| phase (s) | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")
-    for phase in (*PHASES, "step"):
+    for phase in (PHASES[0], GENERATE, *PHASES[1:], "step"):
         print(f"| {phase} | " + " | ".join(f"{results[n][phase]:.3f}" for n in names) + " |")
     print("| tokens / step | " + " | ".join(f"{results[n]['tokens']:.0f}" for n in names) + " |")
     print("| tokens / s | " + " | ".join(f"{results[n]['tokens'] / results[n]['step']:.0f}" for n in names) + " |")
     if "TRL" in results:
-        print(f"lampo-pl / TRL step time: {results['lampo-pl']['step'] / results['TRL']['step']:.2f}")
+        print(f"step-time ratio lampo-pl / TRL: {results['lampo-pl']['step'] / results['TRL']['step']:.2f}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ needed, log π(o_t) = z[o_t] − logsumexp(z), so:
 3. Each chunk runs under non-reentrant `torch.utils.checkpoint`, so the backward recomputes the
    chunk's logits instead of keeping every chunk's: peak extra memory is O(chunk_size · V), about
    three float32 [chunk_size, V] buffers, not O(N · L · V). (The idea of Liger-Kernel's fused
-   linear cross-entropy, Hsu et al. 2024, arXiv 2410.10989, in plain PyTorch.)
+   linear cross-entropy, Hsu et al. 2024, arXiv 2410.10989, in plain PyTorch.) When all rows fit
+   in one chunk it is not checkpointed: the backward would materialise that same [rows, V] chunk
+   again, so the recomputation (a second head pass) would buy no lower peak.
 4. Position ids come from the attention mask (cumsum − 1), exactly as `generate` builds them for
    left-padded prompts (transformers `GenerationMixin._prepare_position_ids_for_generation`), so
    teacher-forced log-probs equal the sampler's.
@@ -69,12 +71,13 @@ def logprobs_from_hidden(
     needs_grad = torch.is_grad_enabled() and (
         hidden.requires_grad or any(p.requires_grad for p in lm_head.parameters())
     )
+    checkpointed = needs_grad and hidden.shape[0] > chunk_size  # point 3: one chunk is not checkpointed
     logps: list[Tensor] = []
     entropies: list[Tensor] = []
     for start in range(0, hidden.shape[0], chunk_size):
         args = (hidden[start : start + chunk_size], targets[start : start + chunk_size])  # [C, H], [C]
         args += (lm_head, temperature, with_entropy)
-        if needs_grad:
+        if checkpointed:
             logp, entropy = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
         else:
             logp, entropy = _chunk_logprobs(*args)
