@@ -6,7 +6,6 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,7 @@ from lampo_pl.settings import LoraArgs, MethodArgs, OptimArgs
 STEPS = 4  # 3 batches per epoch (6 problems, B = 2): step 2 is mid-epoch, step 3 an epoch boundary
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """2 cores shared with other jobs: two intra-op threads spin against each other (~6x slower measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ParityReward(LamPOModule):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,24 +25,13 @@ from lampo_pl.settings import OptimArgs
 SMOKE = str(Path(__file__).parents[1] / "configs" / "smoke.yaml")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """2 cores shared with other jobs: two intra-op threads spin against each other (~6x slower measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def adapter_dir(tmp_path_factory: pytest.TempPathFactory, trained_tiny_policy: Callable) -> Path:
     """A policy adapter with random LoRA B (a fresh one equals the base model), saved as AdapterExport does."""
-    model, tokenizer = load_policy("tiny:qwen3", lora_r=8, lora_alpha=16)  # the smoke config's LoRA
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if f"lora_B.{POLICY_ADAPTER}" in name:
-                param.normal_(0, 0.5)
+    model, tokenizer = trained_tiny_policy(8, 16)  # the smoke config's LoRA
     path = save_policy_adapter(
         SimpleNamespace(policy_model=model, tokenizer=tokenizer), tmp_path_factory.mktemp("adapter") / "final"
     )
@@ -53,8 +42,6 @@ def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def validate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -> tuple[dict, dict]:
     """Run ``lampo validate`` on the smoke config in ``tmp_path``; -> (the JSON record, callback_metrics)."""
     monkeypatch.chdir(tmp_path)
-    if not issubclass(cli_mod.LamPOModule, EvaluationSteps):  # until module.py mixes EvaluationSteps in
-        monkeypatch.setattr(cli_mod, "LamPOModule", type("EvalModule", (EvaluationSteps, LamPOModule), {}))
     args = [
         "validate",
         "-c",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,29 +17,18 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lampo_pl import cli
 from lampo_pl.callbacks.adapter import save_policy_adapter
 from lampo_pl.export import export_merged
-from lampo_pl.policy import POLICY_ADAPTER, adapter_state, load_policy, resolve_model_source
+from lampo_pl.policy import POLICY_ADAPTER, adapter_state, resolve_model_source
 
 PROMPT = "Compute 2 + 3."
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """2 cores shared with other jobs: two intra-op threads spin against each other (~6x slower measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[PeftModel, Path]:
+def trained(tmp_path_factory: pytest.TempPathFactory, trained_tiny_policy: Callable) -> tuple[PeftModel, Path]:
     """The tiny policy with random LoRA B (as if trained: a fresh LoRA is the identity), saved as AdapterExport does."""
-    model, tokenizer = load_policy("tiny:qwen3", lora_r=4, lora_alpha=8)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if f"lora_B.{POLICY_ADAPTER}" in name:
-                param.normal_(0, 0.5)
+    model, tokenizer = trained_tiny_policy(4, 8)
     folder = save_policy_adapter(
         SimpleNamespace(policy_model=model, tokenizer=tokenizer), tmp_path_factory.mktemp("run") / "adapter"
     )
