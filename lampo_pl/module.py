@@ -195,9 +195,10 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
             scored = self.score(rollout, problems)
         with phases("old_logprobs"):
             old_logp = self.old_logprobs(rollout)
+            confidence_logp = self.confidence_logprobs(rollout, old_logp)
         with phases("ref_logprobs"):
             ref_logp = self.reference_logprobs(rollout)
-        advantages = self.advantages(scored, rollout, old_logp)
+        advantages = self.advantages(scored, rollout, confidence_logp)
         mask = self.loss_mask(rollout, self.informative_rows(scored))  # [N, L]
         with phases("optimisation"):
             result = self.optimise(rollout, mask, advantages.advantages, old_logp, ref_logp, problems)
@@ -215,7 +216,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         rollout = generate_rollout(
             self.policy_model, self.tokenizer, prompts, self.group_size, self.sampling,
             max_context=self.max_context, generation_batch_size=self.generation_batch_size,
-            record_logprobs=self.method.estimator == "lampo" and self.method.num_iterations == 1,  # see old_logprobs
+            record_logprobs=self.method.estimator == "lampo" and self.method.num_iterations == 1,  # confidence_logprobs
         )
         return rollout, [q for q in batch for _ in range(self.group_size)]
 
@@ -234,19 +235,28 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         return mask
 
     def old_logprobs(self, rollout: Rollout) -> Tensor | None:
-        """log π_old for every response token; ``None`` when μ = 1 and no estimator needs it.
+        """log π_old for the loss; ``None`` at μ = 1.
 
         With μ = 1 the policy being optimised *is* the rollout policy, so the detached current
-        log-probs serve as π_old in the loss and no extra forward pass runs. LamPO needs π_old
-        earlier, for its confidence scores: at μ = 1 the sampler's own log-probs, recorded while
-        generating, are those (no pass either; a rollout without them takes the pass); at μ > 1
-        π_old must be frozen before the first update, so one no-grad pass runs.
+        log-probs serve as π_old and no extra forward pass runs. With μ > 1 π_old must be frozen
+        before the first update, so one no-grad pass runs.
         """
-        if self.method.num_iterations == 1 and self.method.estimator != "lampo":
+        if self.method.num_iterations == 1:
             return None
-        if self.method.num_iterations == 1 and rollout.sampled_logprobs is not None:
+        return self.logprobs_no_grad(rollout)
+
+    def confidence_logprobs(self, rollout: Rollout, old_logp: Tensor | None) -> Tensor | None:
+        """log π_old for LamPO's confidence scores, which are needed before the loss pass.
+
+        The loss's π_old when there is one (μ > 1); else the sampler's own log-probs, recorded
+        while generating (``collect_rollout``); else one no-grad pass. ``None`` for other estimators.
+        """
+        if self.method.estimator != "lampo":
+            return None
+        if old_logp is not None:
+            return old_logp
+        if rollout.sampled_logprobs is not None:
             return rollout.sampled_logprobs
-        assert self.policy_model is not None
         return self.logprobs_no_grad(rollout)
 
     def reference_logprobs(self, rollout: Rollout) -> Tensor | None:
@@ -274,12 +284,11 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
             self.policy_model.train(was_training)
         return pad_logprobs(parts, rollout.response_mask.shape)  # [N, L]
 
-    def advantages(self, scored: RewardBatch, rollout: Rollout, old_logp: Tensor | None) -> AdvantageOutput:
+    def advantages(self, scored: RewardBatch, rollout: Rollout, confidence_logp: Tensor | None) -> AdvantageOutput:
         rewards = torch.tensor(scored.total, dtype=torch.float32, device=rollout.input_ids.device)  # [N]
         scores = None
-        if self.method.estimator == "lampo":
-            assert old_logp is not None
-            scores = confidence_scores(old_logp, rollout.response_mask, self.method.confidence)  # [N]
+        if confidence_logp is not None:
+            scores = confidence_scores(confidence_logp, rollout.response_mask, self.method.confidence)  # [N]
         return estimate_advantages(rewards, self.group_size, self.method.estimator, seq_scores=scores,
                                    tau=self.method.tau, scale=self.method.scale)
 
@@ -352,8 +361,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
                                        with_entropy=True, temperature=self.logit_temperature)
         logp = logp[:, :width]  # [n, l]
         mb_mask = mask[rows, :width]  # [n, l]
-        # μ = 1: π_old is the current policy, so the ratio is exactly 1 in value (old_logp is LamPO's scores' input).
-        old = logp.detach() if old_logp is None or m.num_iterations == 1 else old_logp[rows, :width]  # [n, l]
+        old = logp.detach() if old_logp is None else old_logp[rows, :width]  # [n, l]  μ = 1: ratio ≡ 1 in value
         ref = None if ref_logp is None else ref_logp[rows, :width]  # [n, l]
         per_token, st = clipped_policy_loss(logp, old, advantages[rows], mb_mask, eps_low=m.eps_low,
                                             eps_high=m.eps_high, dual_clip=m.dual_clip, ref_logp=ref, beta=m.beta,
