@@ -21,6 +21,7 @@ How the pieces relate to GRPO:
 
 from __future__ import annotations
 
+import math
 from typing import Literal, NamedTuple, get_args
 
 import torch
@@ -97,7 +98,8 @@ def clipped_policy_loss(
         mask: ``[N, L]`` 1 on tokens that count (used for the statistics; apply it in ``aggregate``).
         eps_low, eps_high: clip range ``[1−ε_low, 1+ε_high]``.
         dual_clip: ``c > 1`` bounds the loss of tokens with ``A < 0`` at ``−c·A``; ``None`` is off.
-        ref_logp: ``[N, L]`` log π_ref; required when ``beta > 0``.
+        ref_logp: ``[N, L]`` log π_ref; required when ``beta > 0``. With ``beta == 0`` it is only
+            measured (``kl_ref`` statistic, no gradient); without it ``kl_ref`` is NaN.
         beta: KL coefficient β.
         kl_estimator: ``"k1" | "k2" | "k3"``.
 
@@ -126,13 +128,17 @@ def clipped_policy_loss(
         # verl core_algos.compute_policy_loss: for A < 0 cap the loss at −c·A.
         loss = torch.where(adv < 0, torch.minimum(loss, -adv * dual_clip), loss)  # [N, L]
 
-    kl_ref = torch.zeros((), dtype=logp.dtype, device=logp.device)
-    if beta > 0 and ref_logp is not None:
+    kl_ref = torch.full((), math.nan, dtype=logp.dtype, device=logp.device)  # NaN: not measured
+    if ref_logp is not None:
         if ref_logp.shape != logp.shape:
             raise ValueError(f"ref_logp {tuple(ref_logp.shape)} must match logp {tuple(logp.shape)}")
-        kl = kl_penalty(logp, ref_logp.detach(), kl_estimator)  # [N, L]
-        loss = loss + beta * kl  # [N, L]
-        kl_ref = _masked_mean(kl.detach(), mask)
+        if beta > 0:
+            kl = kl_penalty(logp, ref_logp.detach(), kl_estimator)  # [N, L]
+            loss = loss + beta * kl  # [N, L]
+            kl_ref = _masked_mean(kl.detach(), mask)
+        else:  # β = 0 with a reference: measured for monitoring only, outside the graph
+            with torch.no_grad():
+                kl_ref = _masked_mean(kl_penalty(logp, ref_logp, kl_estimator), mask)
 
     with torch.no_grad():
         low = (ratio < 1.0 - eps_low) & (adv < 0)  # [N, L]

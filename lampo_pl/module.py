@@ -53,6 +53,7 @@ class StepRecord:
         advantages: N advantages.
         pair_weights: LamPO's ``[B][G][G]`` pair weights, else ``None``.
         group_size: G.
+        metrics: The step's logged scalars, without the ``train/`` prefix (NaN ones left out).
     """
 
     step: int
@@ -64,6 +65,7 @@ class StepRecord:
     advantages: list[float]
     pair_weights: list[list[list[float]]] | None
     group_size: int
+    metrics: dict[str, float]
 
 
 @dataclass
@@ -103,11 +105,13 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         prompt: PromptArgs | None = None,
         max_context: int | None = None,
         generation_batch_size: int | None = None,
+        track_kl: bool = False,
     ) -> None:
         """Build the module; the model itself is loaded lazily in ``configure_model``.
 
         Args:
-            model: Hub id, local folder, ``packaged:smollm2-135m-instruct`` or ``tiny:qwen3|phi3|llama``.
+            model: Hub id, local folder, ``packaged:smollm2-135m-instruct``, ``tiny:qwen3|phi3|llama`` or
+                ``tiny:qwen3-sft`` (warmed up on synthetic sums: the cheap ablation policy).
             group_size: G, responses sampled per prompt.
             prompts_per_step: B, prompts per training step (linked from the data module).
             lora: Base-model loading and LoRA adapters.
@@ -118,6 +122,8 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
             prompt: Chat-prompt rendering.
             max_context: Context limit for prompt + response; null: the model's own.
             generation_batch_size: Sequences per ``generate`` call; null: the whole B·G batch at once.
+            track_kl: Measure KL(π_θ‖π_ref) even when β = 0 (logged as ``train/kl_ref``; costs one
+                no-grad reference pass per step, which β = 0 otherwise skips).
         """
         super().__init__()
         self.model_name = model
@@ -131,6 +137,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         self.prompt = prompt or PromptArgs()
         self.max_context = max_context
         self.generation_batch_size = generation_batch_size
+        self.track_kl = track_kl
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold only the adapters and λ, never the frozen base
         check_batch_shape(prompts_per_step, group_size, self.optim.micro_batch_size, self.method.num_iterations)
@@ -202,12 +209,12 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         mask = self.loss_mask(rollout, self.informative_rows(scored))  # [N, L]
         with phases("optimisation"):
             result = self.optimise(rollout, mask, advantages.advantages, old_logp, ref_logp, problems)
-        self.log_step(rollout, scored, advantages, result, phases)
+        metrics = self.log_step(rollout, scored, advantages, result, phases)
         self.last_step = StepRecord(
             step=self.global_step, prompts=prompts, problem_ids=[q.id for q in batch], texts=rollout.texts,
             rewards=scored.total, components=scored.components, advantages=advantages.advantages.tolist(),
             pair_weights=None if advantages.pair_weights is None else advantages.pair_weights.tolist(),
-            group_size=self.group_size,
+            group_size=self.group_size, metrics=metrics,
         )
 
     def collect_rollout(self, batch: list[Problem], prompts: list[str]) -> tuple[Rollout, list[Problem]]:
@@ -260,8 +267,8 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         return self.logprobs_no_grad(rollout)
 
     def reference_logprobs(self, rollout: Rollout) -> Tensor | None:
-        """log π_ref with the frozen ``reference`` adapter; no pass at all when β = 0."""
-        if self.method.beta == 0:
+        """log π_ref with the frozen ``reference`` adapter; no pass at all when β = 0 (unless ``track_kl``)."""
+        if self.method.beta == 0 and not self.track_kl:
             return None
         assert self.policy_model is not None
         with reference_adapter(self.policy_model):
@@ -400,7 +407,8 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
 
     def log_step(
         self, rollout: Rollout, scored: RewardBatch, adv: AdvantageOutput, result: OptimResult, phases: Phases
-    ) -> None:
+    ) -> dict[str, float]:
+        """Log the step's scalars under ``train/``; return them without the prefix."""
         rewards = torch.tensor(scored.total)
         lengths = rollout.response_lengths.float()
         gen_s = phases.seconds.get("generation", math.nan)
@@ -426,6 +434,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         self.log_dict(clean, on_step=True, batch_size=bs)
         self.log("reward", metrics["reward"], prog_bar=True, logger=False, batch_size=bs)
         self.log("acc", metrics["acc"], prog_bar=True, logger=False, batch_size=bs)
+        return {k: v for k, v in metrics.items() if not math.isnan(v)}
 
     # ---- checkpoints: adapters and λ only -------------------------------------------------------
 

@@ -15,7 +15,9 @@ reference) and why:
    `support_avx512bf16_for_cpu = False` on every `Linear4bit` turns that repacking off
    (bitsandbytes 0.50 `nn/modules.py`, `Linear4bit.forward`; docs/ENVIRONMENT.md "Pitfalls").
 
-Model names: `tiny:qwen3|phi3|llama` (lampo_pl.tiny, cached), `packaged:smollm2-135m-instruct`
+Model names: `tiny:qwen3|phi3|llama` (lampo_pl.tiny, cached), `tiny:<arch>-sft` (the same after a brief
+supervised warm-up on synthetic sums, lampo_pl.tiny_sft: partial competence, for cheap ablations),
+`packaged:smollm2-135m-instruct`
 (lampo_pl.packaged), anything else a Hub id or a local folder.
 """
 
@@ -45,6 +47,7 @@ from transformers import (
 
 from lampo_pl.packaged import build_cached, cache_root, gguf_model_dir, packaged_model_dir
 from lampo_pl.tiny import TINY_VERSION, TinyArch, save_tiny
+from lampo_pl.tiny_sft import SFT_VERSION, save_tiny_sft
 
 Quantization = Literal["none", "4bit", "8bit"]
 POLICY_ADAPTER = "policy"
@@ -56,9 +59,14 @@ def resolve_model_source(name: str) -> str:
     """Map a model name to something `from_pretrained` accepts (building cached folders on demand)."""
     kind, _, rest = name.partition(":")
     if kind == "tiny":
-        if rest not in get_args(TinyArch):
-            raise ValueError(f"unknown tiny model {name!r}; expected tiny:qwen3, tiny:phi3 or tiny:llama")
-        arch: TinyArch = rest  # type: ignore[assignment]  # checked just above
+        base, sft = rest.removesuffix("-sft"), rest.endswith("-sft")
+        if base not in get_args(TinyArch):
+            raise ValueError(f"unknown tiny model {name!r}; expected tiny:<arch> or tiny:<arch>-sft with <arch> "
+                             "one of qwen3, phi3, llama")
+        arch: TinyArch = base  # type: ignore[assignment]  # checked just above
+        if sft:
+            folder = cache_root() / f"tiny-{arch}-sft-v{TINY_VERSION}.{SFT_VERSION}"
+            return str(build_cached(folder, lambda target: save_tiny_sft(target, arch)))
         folder = cache_root() / f"tiny-{arch}-v{TINY_VERSION}"
         return str(build_cached(folder, lambda target: save_tiny(target, arch)))
     if kind == "packaged":
@@ -182,7 +190,7 @@ def load_policy(
     """Load the base model, attach the `policy` and `reference` adapters, and load the tokenizer.
 
     Args:
-        model: A Hub id, a local folder, `tiny:<arch>` or `packaged:smollm2-135m-instruct`.
+        model: A Hub id, a local folder, `tiny:<arch>`, `tiny:<arch>-sft` or `packaged:smollm2-135m-instruct`.
         dtype: Torch dtype name of the unquantised weights.
         quantization: `4bit` (NF4, double quantisation, QLoRA), `8bit` (LLM.int8) or `none`.
         trust_remote_code: Run model code shipped with the checkpoint (off: it executes Python).

@@ -80,7 +80,7 @@ def test_fit_each_estimator_and_aggregation(estimator: str, aggregation: str) ->
     assert all(torch.equal(v, base_state(module)[k]) for k, v in base0.items()), "base weights must not change"
     metrics = trainer.callback_metrics
     assert math.isfinite(float(metrics["train/loss"]))
-    assert "train/kl_ref" in metrics and "train/clip_frac_region" in metrics
+    assert "train/kl_ref" in metrics and "train/clip_frac_region" in metrics  # β = 0.04: measured
     if estimator == "lampo":
         assert 0.0 < float(metrics["train/mean_pair_weight"]) < 1.0
     if aggregation == "lambda":
@@ -103,6 +103,18 @@ def test_beta_zero_runs_no_reference_pass(monkeypatch: pytest.MonkeyPatch) -> No
     assert calls == []
     fit(make(beta=0.1), steps=1)
     assert len(calls) == 1
+
+
+def test_track_kl_measures_kl_at_beta_zero_without_changing_training() -> None:
+    plain, tracked = make(beta=0.0), make(beta=0.0)
+    tracked.track_kl = True
+    t_plain, t_tracked = fit(plain, steps=2), fit(tracked, steps=2)
+    assert "train/kl_ref" not in t_plain.callback_metrics  # not measured: not logged (was a misleading 0)
+    kl = float(t_tracked.callback_metrics["train/kl_ref"])
+    assert math.isfinite(kl) and kl > 0  # after one update the policy has left the reference
+    assert plain.policy_model is not None and tracked.policy_model is not None
+    a, b = adapter_state(plain.policy_model, "policy"), adapter_state(tracked.policy_model, "policy")
+    assert all(torch.equal(a[k], b[k]) for k in a), "measuring KL must not change the updates"
 
 
 def test_mu1_without_lampo_runs_no_old_logprob_pass(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,6 +29,7 @@ def record(step: int, with_pairs: bool = True) -> StepRecord:
         advantages=[-0.5, 0.5] * B,
         pair_weights=[[[0.0, 0.1 * (b + 1)], [0.2 * (b + 1), 0.0]] for b in range(B)] if with_pairs else None,
         group_size=G,
+        metrics={"reward": 2.5},
     )
 
 

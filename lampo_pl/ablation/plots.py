@@ -1,0 +1,65 @@
+"""The ablation figure: one panel per metric against training steps, a line and a ±1 std band per method.
+
+matplotlib is imported here only (``pip install lampo-pl[ablation]``); the rest of the package runs
+without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lampo_pl.ablation.methods import method_preset
+from lampo_pl.ablation.run import RunResult
+from lampo_pl.ablation.summary import Curve, curve, eval_curve
+
+# (metric key in the step records, panel title); "eval" is the held-out avg@k from the evaluations.
+PANELS: tuple[tuple[str, str], ...] = (
+    ("reward", "reward (mean over B·G)"),
+    ("acc", "training accuracy"),
+    ("eval", "held-out avg@k"),
+    ("kl_ref", "KL(π_θ ‖ π_ref), k3"),
+    ("response_len_mean", "response length (tokens)"),
+    ("mean_pair_weight", "LamPO mean pair weight"),
+)
+
+
+def _band(ax: Any, c: Curve, label: str, color: Any) -> None:
+    finite = np.isfinite(c.mean)
+    if not finite.any():
+        return
+    ax.plot(c.steps[finite], c.mean[finite], label=label, color=color, lw=1.5)
+    ax.fill_between(c.steps[finite], (c.mean - c.std)[finite], (c.mean + c.std)[finite], color=color, alpha=0.2, lw=0)
+
+
+def plot_ablation(
+    results: Sequence[RunResult], methods: Sequence[str], smooth: int = 10, threshold: float | None = None,
+    panels: Sequence[tuple[str, str]] = PANELS,
+) -> Any:
+    """A matplotlib ``Figure``: mean ± std over seeds per method, per-step metrics smoothed over ``smooth`` steps."""
+    import matplotlib.pyplot as plt
+
+    cols = 3
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for ax, (metric, title) in zip(axes.flat, panels, strict=False):
+        for i, method in enumerate(methods):
+            runs = [r for r in results if r.method == method]
+            if not runs:
+                continue
+            c = eval_curve(runs) if metric == "eval" else curve(runs, metric, smooth)
+            _band(ax, c, method_preset(method).label, colors(i))
+        if threshold is not None and metric == "acc":
+            ax.axhline(threshold, color="grey", ls=":", lw=1)
+        ax.set_title(title if metric == "eval" else f"{title}, {smooth}-step mean" if smooth > 1 else title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig

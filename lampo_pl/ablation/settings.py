@@ -1,0 +1,117 @@
+"""What one ablation shares across its methods and seeds, and the two embedded presets.
+
+``tiny`` (the default) runs the full comparison on a 2-core CPU in well under an hour: the tiny Qwen3
+after a brief supervised warm-up (``tiny:qwen3-sft``, lampo_pl/tiny_sft.py) on one-digit sums, where
+it starts near 55% held-out accuracy. ``smollm2`` is the packaged SmolLM2-135M-Instruct on one- and
+two-digit problems with a worked example in the prompt (the ``make demo`` setting): ~40 s per step
+here, so hours on a CPU, minutes on a GPU. For a real model, replace fields (``dataclasses.replace``
+or the notebook's settings cell): e.g. ``model="Qwen/Qwen3-1.7B", quantization="4bit"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from lampo_pl.ablation.methods import METHODS, method_preset
+
+
+@dataclass(frozen=True)
+class AblationSettings:
+    """Settings shared by every (method, seed) run of an ablation.
+
+    Attributes:
+        model: Model name as ``model.model`` takes it (``tiny:qwen3-sft``, ``packaged:...``, a Hub id).
+        quantization: none | 4bit | 8bit (``model.lora.quantization``).
+        dtype: Weights / compute dtype (``model.lora.dtype``).
+        methods: Names in ``lampo_pl.ablation.methods.METHODS``, in plotting order.
+        seeds: One run per method per seed (seeds the LoRA initialisation and all sampling).
+        steps: Training steps per run (rollout batches; μ = 1 in every preset).
+        prompts_per_step: B.
+        group_size: G.
+        max_new_tokens: Response budget (training and evaluation).
+        temperature: Rollout sampling temperature.
+        lr: Peak learning rate of the policy adapter (constant after ``warmup_steps``).
+        warmup_steps: Linear learning-rate warm-up steps.
+        lora_r: LoRA rank. lora_alpha: LoRA alpha.
+        micro_batch_size: Responses per forward/backward.
+        density_weight: α of the ROUGE-L density reward, for the methods that use it.
+        levels: Synthetic difficulty levels trained and evaluated (lampo_pl.data.synthetic).
+        one_shot: Prepend a worked example to every prompt.
+        eval_every: Held-out evaluation every N steps (and at the start and the end).
+        eval_problems: Held-out synthetic problems (split ``test``, fixed across seeds).
+        eval_k: Samples per held-out problem (avg@k, pass@k).
+        eval_temperature: Sampling temperature of the held-out evaluation.
+        threshold: Accuracy that "steps to threshold" waits for (on smoothed training accuracy).
+        smooth: Trailing moving-average window (steps) for that accuracy and for the plots.
+        track_kl: Measure KL to the reference for methods with β = 0 (one extra no-grad pass per step).
+        workers: Runs in parallel (processes); 1 runs in this process.
+        threads_per_run: torch CPU threads per run.
+    """
+
+    model: str = "tiny:qwen3-sft"
+    quantization: str = "none"
+    dtype: str = "float32"
+    methods: tuple[str, ...] = tuple(METHODS)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    steps: int = 80
+    prompts_per_step: int = 4
+    group_size: int = 8
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    lr: float = 2.5e-3
+    warmup_steps: int = 0
+    lora_r: int = 8
+    lora_alpha: int = 16
+    micro_batch_size: int = 32
+    density_weight: float = 0.2
+    levels: tuple[int, ...] = (1,)
+    one_shot: bool = False
+    eval_every: int = 20
+    eval_problems: int = 64
+    eval_k: int = 4
+    eval_temperature: float = 1.0
+    threshold: float = 0.6
+    smooth: int = 10
+    track_kl: bool = True
+    workers: int = 2
+    threads_per_run: int = 1
+
+    def __post_init__(self) -> None:
+        for name in self.methods:
+            method_preset(name)
+        positive = ("steps", "prompts_per_step", "group_size", "max_new_tokens", "micro_batch_size", "eval_problems",
+                    "eval_k", "smooth", "workers", "threads_per_run", "lora_r")
+        if bad := [f"{n}={getattr(self, n)}" for n in positive if getattr(self, n) < 1]:
+            raise ValueError(f"ablation settings must be >= 1: {', '.join(bad)}")
+        if not self.seeds or not self.methods or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"need at least one method and distinct seeds, got {self.methods} and {self.seeds}")
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"threshold is an accuracy in (0, 1], got {self.threshold}")
+
+    def run_identity(self) -> dict[str, Any]:
+        """The fields a run's numbers depend on (not how many run in parallel): resumed runs must match them."""
+        skip = {"methods", "seeds", "workers", "threshold", "smooth"}
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in skip}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+PRESETS: dict[str, AblationSettings] = {
+    "tiny": AblationSettings(),
+    "smollm2": AblationSettings(
+        model="packaged:smollm2-135m-instruct", seeds=(0, 1, 2), steps=30, prompts_per_step=2, group_size=8,
+        max_new_tokens=64, temperature=0.7, lr=2e-4, warmup_steps=1, lora_r=16, lora_alpha=32, micro_batch_size=4,
+        levels=(1, 2), one_shot=True, eval_every=10, eval_problems=32, eval_k=1, eval_temperature=0.6,
+        threshold=0.5, smooth=5, workers=1, threads_per_run=2,
+    ),
+}
+
+
+def preset(name: str) -> AblationSettings:
+    """The embedded preset ``name`` (``tiny`` or ``smollm2``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown ablation preset {name!r}; expected one of {', '.join(PRESETS)}")
+    return PRESETS[name]
