@@ -141,6 +141,14 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to a sibling temporary file, then rename it over ``path``: never half a file on disk."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)  # atomic on one filesystem
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` that writes ``<path>.tmp``, fsyncs it and renames it over ``<path>``.
 

@@ -114,14 +114,24 @@ def stop_token_ids(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedToke
     return sorted({i for i in [*ids, tokenizer.eos_token_id] if i is not None})
 
 
-def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Left-pad token lists to their longest. -> ids [n, p], mask [n, p]"""
+def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Left-pad token lists to their longest (prompts: every row then ends at one column). -> ids [n, p], mask [n, p]"""
+    return _pad(rows, pad_id, device, left=True)
+
+
+def right_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Right-pad token lists to their longest (responses: every row starts at column 0). -> ids [n, l], mask [n, l]"""
+    return _pad(rows, pad_id, device, left=False)
+
+
+def _pad(rows: list[list[int]], pad_id: int, device: torch.device, left: bool) -> tuple[Tensor, Tensor]:
     width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [n, p]
-    mask = torch.zeros((len(rows), width), dtype=torch.long)  # [n, p]
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [n, w]
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # [n, w]
     for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row) :] = 1
+        cols = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, cols] = torch.tensor(row, dtype=torch.long)
+        mask[i, cols] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -178,7 +188,7 @@ def _generate(
 ) -> tuple[Tensor, Tensor | None]:
     """One `generate` call over left-padded `rows` -> (response columns [n, l], l <= max_new_tokens; their
     sampler log-probs [n, l] or None)."""
-    ids, mask = _left_pad(rows, pad_id, model.device)  # [n, p], [n, p]
+    ids, mask = left_pad(rows, pad_id, model.device)  # [n, p], [n, p]
     greedy = sampling.temperature == 0
     recorder = _SampledLogprobs(1.0 if greedy else sampling.temperature) if record_logprobs else None
     output = model.generate(
@@ -271,7 +281,7 @@ def generate_rollout(
         model, rows, sampling, eos_ids, pad_id, generation_batch_size, record_logprobs
     )  # [N, L], [N, L] | None
     response_mask, truncated = response_mask_from_ids(response_ids, eos_ids)  # [N, L], [N]
-    prompt_ids, prompt_mask = _left_pad(rows, pad_id, response_ids.device)  # [N, P], [N, P]
+    prompt_ids, prompt_mask = left_pad(rows, pad_id, response_ids.device)  # [N, P], [N, P]
     lengths = response_mask.sum(dim=1)  # [N]
     texts = tokenizer.batch_decode(
         [ids[:n].tolist() for ids, n in zip(response_ids, lengths.tolist(), strict=True)],

@@ -27,6 +27,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lampo_pl.logprobs import token_logprobs
+from lampo_pl.rollout import left_pad, right_pad
 
 
 @dataclass(frozen=True)
@@ -85,14 +86,14 @@ def sft_batch(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     heads: list[list[int]] = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     bodies: list[list[int]] = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
-    tails = [[*ids, tokenizer.eos_token_id] for ids in bodies]
-    p, width = max(map(len, heads)), max(map(len, tails))
-    ids = torch.full((len(heads), p + width), pad, dtype=torch.long)  # [n, P+L]
-    attn = torch.zeros_like(ids)  # [n, P+L]
-    for row, (head, tail) in enumerate(zip(heads, tails, strict=True)):
-        ids[row, p - len(head) : p + len(tail)] = torch.tensor(head + tail)
-        attn[row, p - len(head) : p + len(tail)] = 1
-    return SFTBatch(ids.to(device), attn.to(device), attn[:, p:].to(device), p)
+    prompt_ids, prompt_mask = left_pad(heads, pad, device)  # [n, P], [n, P]
+    response_ids, response_mask = right_pad([[*ids, tokenizer.eos_token_id] for ids in bodies], pad, device)  # [n, L]
+    return SFTBatch(
+        input_ids=torch.cat([prompt_ids, response_ids], dim=1),  # [n, P+L]
+        attention_mask=torch.cat([prompt_mask, response_mask], dim=1),  # [n, P+L]
+        response_mask=response_mask,
+        prompt_len=prompt_ids.shape[1],
+    )
 
 
 def sft_loss(model: PreTrainedModel | PeftModel, batch: SFTBatch, chunk_size: int = 1024) -> Tensor:

@@ -26,6 +26,7 @@ import torch
 from lampo_pl.ablation.methods import method_preset
 from lampo_pl.ablation.settings import AblationSettings
 from lampo_pl.callbacks.evaluation import BenchmarkEvaluation
+from lampo_pl.checkpointing import write_text_atomic
 from lampo_pl.data.datamodule import ProblemDataModule
 from lampo_pl.module import LamPOModule
 from lampo_pl.rollout import SamplingParams
@@ -148,9 +149,7 @@ def run_one(settings: AblationSettings, method: str, seed: int, out_dir: str | P
 
 def save_result(result: RunResult, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(asdict(result), indent=1))
-    tmp.replace(path)  # atomic: a killed run never leaves half a file that a resume would trust
+    write_text_atomic(path, json.dumps(asdict(result), indent=1))  # a killed run never leaves a file to trust
 
 
 def load_result(path: Path) -> RunResult:

@@ -30,6 +30,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from peft import PeftModel, get_peft_model_state_dict
 
+from lampo_pl.checkpointing import write_text_atomic
 from lampo_pl.data.record import Problem
 from lampo_pl.evaluation import EvalResult, Generate, evaluate, format_table
 from lampo_pl.rollout import SamplingParams, generate_rollout
@@ -307,10 +308,7 @@ class BenchmarkEvaluation(L.Callback):
         print(f"\nevaluation ({tag}, {target}, step {step}, {record['seconds']:.1f} s)\n{table}")
         out = Path(self.output_dir or Path(trainer.log_dir or ".") / "eval")
         out.mkdir(parents=True, exist_ok=True)
-        path = out / f"{tag}_step{step}.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(record, indent=2))
-        tmp.replace(path)  # atomic: a killed process never leaves half a file
+        write_text_atomic(out / f"{tag}_step{step}.json", json.dumps(record, indent=2))  # never half a file
 
 
 @dataclass
