@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -28,65 +28,16 @@ from lampo_pl.data.record import Problem
 from lampo_pl.data.synthetic import generate_synthetic
 from lampo_pl.evaluation_steps import EvaluationSteps
 from lampo_pl.logprobs import token_logprobs
-from lampo_pl.losses import PolicyLossStats, aggregate, clipped_policy_loss, sequence_coefficients
-from lampo_pl.metrics import AlgoMetrics, advantage_stats, mean_loss_stats
+from lampo_pl.losses import aggregate, clipped_policy_loss, sequence_coefficients
+from lampo_pl.metrics import mean_loss_stats
 from lampo_pl.optim import build_optimizer, build_scheduler
 from lampo_pl.policy import load_policy, reference_adapter, trainable_parameters
 from lampo_pl.rewards import RewardBatch, RewardSpec, score_responses
 from lampo_pl.rollout import Rollout, SamplingParams, generate_rollout
 from lampo_pl.settings import LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs
+from lampo_pl.step_metrics import OptimResult, StepRecord, step_metrics
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StepRecord:
-    """What the last training step sampled and how it scored it (read by the rollout-samples callback).
-
-    Attributes:
-        step: Global step the record belongs to.
-        prompts: The B rendered prompts.
-        problem_ids: The B problem ids.
-        texts: The N = B·G responses, groups contiguous.
-        rewards: N total rewards.
-        components: Per reward name, N unweighted values.
-        advantages: N advantages.
-        pair_weights: LamPO's ``[B][G][G]`` pair weights, else ``None``.
-        group_size: G.
-        metrics: The step's logged scalars, without the ``train/`` prefix (NaN ones left out).
-    """
-
-    step: int
-    prompts: list[str]
-    problem_ids: list[str]
-    texts: list[str]
-    rewards: list[float]
-    components: dict[str, list[float]]
-    advantages: list[float]
-    pair_weights: list[list[list[float]]] | None
-    group_size: int
-    metrics: dict[str, float]
-
-
-@dataclass
-class OptimResult:
-    """What the optimisation phase reports (averaged over μ passes and micro-batches).
-
-    Attributes:
-        loss_stats: Mean clip fractions and KLs; ``None`` when every pass was skipped.
-        loss: Mean full-batch loss over the μ passes.
-        entropy: Mean token entropy of the policy over the loss tokens.
-        grad_norm: Mean pre-clip global grad-norm over the optimiser steps taken.
-        skipped: Whether a non-finite loss or gradient skipped an optimiser step.
-        lr: Learning rate of the LoRA parameters.
-    """
-
-    loss_stats: PolicyLossStats | None
-    loss: float
-    entropy: float
-    grad_norm: float
-    skipped: bool
-    lr: float
 
 
 class LamPOModule(EvaluationSteps, L.LightningModule):
@@ -391,50 +342,18 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
 
     # ---- logging --------------------------------------------------------------------------------
 
-    def algo_metrics(self, rewards: Tensor, adv: AdvantageOutput, result: OptimResult) -> AlgoMetrics:
-        st, nan = result.loss_stats, math.nan
-        return AlgoMetrics(
-            loss=result.loss,
-            clip_frac_low=float(st.clip_frac_low) if st else nan,
-            clip_frac_high=float(st.clip_frac_high) if st else nan,
-            clip_frac_region=float(st.clip_frac_region) if st else nan,
-            approx_kl_old=float(st.approx_kl_old) if st else nan,
-            kl_ref=float(st.kl_ref) if st else nan,
-            ratio_mean=float(st.ratio_mean) if st else nan,
-            advantages=advantage_stats(rewards, adv.advantages, self.group_size, adv.pair_weights),
-            lam=float(self.lam.detach()) if self.lam is not None else nan,
-        )
-
     def log_step(
         self, rollout: Rollout, scored: RewardBatch, adv: AdvantageOutput, result: OptimResult, phases: Phases
     ) -> dict[str, float]:
-        """Log the step's scalars under ``train/``; return them without the prefix."""
-        rewards = torch.tensor(scored.total)
-        lengths = rollout.response_lengths.float()
-        gen_s = phases.seconds.get("generation", math.nan)
-        metrics: dict[str, float] = {
-            "reward": float(rewards.mean()),
-            "reward_std": float(rewards.std(unbiased=False)),
-            "acc": float(torch.tensor(scored.correct).mean()),
-            "response_len_mean": float(lengths.mean()),
-            "response_len_max": float(lengths.max()),
-            "truncated_frac": float(rollout.truncated.float().mean()),
-            "entropy": result.entropy,
-            "grad_norm": result.grad_norm,
-            "lr": result.lr,
-            "skipped_steps": float(self.skipped_steps),
-            "tokens_per_s": float(lengths.sum()) / gen_s if gen_s > 0 else math.nan,
-        }
-        metrics |= {f"reward_{k}": float(torch.tensor(v).mean()) for k, v in scored.components.items()}
-        metrics |= {f"reward_diag/{k}": float(v) for k, v in scored.diagnostics.items()}
-        metrics |= self.algo_metrics(rewards, adv, result).as_dict()
-        metrics |= {f"time/{k}_s": v for k, v in phases.seconds.items()}
-        clean = {f"train/{k}": v for k, v in metrics.items() if not math.isnan(v)}
+        """Log the step's scalars under ``train/``; return them without the prefix (NaN ones left out)."""
+        metrics = step_metrics(rollout, scored, adv, result, phases, group_size=self.group_size,
+                               skipped_steps=self.skipped_steps, lam=self.lam)
+        clean = {k: v for k, v in metrics.items() if not math.isnan(v)}
         bs = len(scored.total)
-        self.log_dict(clean, on_step=True, batch_size=bs)
+        self.log_dict({f"train/{k}": v for k, v in clean.items()}, on_step=True, batch_size=bs)
         self.log("reward", metrics["reward"], prog_bar=True, logger=False, batch_size=bs)
         self.log("acc", metrics["acc"], prog_bar=True, logger=False, batch_size=bs)
-        return {k: v for k, v in metrics.items() if not math.isnan(v)}
+        return clean
 
     # ---- checkpoints: adapters and λ only -------------------------------------------------------
 

@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lampo_pl.callbacks.samples import RolloutSamples, prompt_records, to_markdown
-from lampo_pl.module import StepRecord
+from lampo_pl.step_metrics import StepRecord
 
 B, G = 3, 2
 

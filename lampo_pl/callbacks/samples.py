@@ -8,7 +8,8 @@ reward, reward components, advantage and, for LamPO, the response's row of pair 
 - to TensorBoard as markdown text (tag ``samples/prompt_<i>``, at the step of the rollout);
 - to ``<dirpath>/samples.jsonl``, one JSON object per prompt and step (appended, flushed).
 
-It reads ``pl_module.last_step`` (a ``StepRecord``), which the module sets after every training step.
+It reads ``pl_module.last_step`` (a ``lampo_pl.step_metrics.StepRecord``), which the module sets after
+every training step.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
 if TYPE_CHECKING:
-    from lampo_pl.module import StepRecord
+    from lampo_pl.step_metrics import StepRecord
 
 
 def prompt_records(record: StepRecord, num_prompts: int) -> list[dict[str, Any]]:
