@@ -26,7 +26,10 @@ Matching semantics (TRL 1.16, ``trl/trainer/grpo_trainer.py``):
 - the KL is k3 (~L3100) and is added per token before aggregation, as ours.
 - sampling: ``generate`` with ``do_sample``, temperature, top-p 1, top-k 0, repetition penalty 1 and
   ``generation_kwargs`` merged in (~L1155-1173), here ``min_new_tokens``; lampo-pl passes the same
-  values and ``generate`` takes ``min_new_tokens`` from the model's generation config.
+  values, ``min_new_tokens`` as ``SamplingParams.min_new_tokens``.
+- the sampler: lampo-pl samples with its own decode loop and the policy LoRA merged while sampling
+  (``--engine native``, the default; the same distribution, other random draws: ``lampo_pl/decode.py``);
+  ``--engine generate --no-merge`` samples through the same ``generate()`` call on the PEFT model as TRL.
 TRL has no LamPO estimator: with ``--estimator lampo`` TRL runs ``grpo`` (not identical semantics).
 
     .venv/bin/python bench/step_time.py                 # ~1 min on 2 idle cores
@@ -135,12 +138,6 @@ class BenchModule(LamPOModule):
 
     clock: StepClock
 
-    def configure_model(self) -> None:
-        super().configure_model()
-        assert self.policy_model is not None
-        # generate() fills unset arguments from the model's generation config: no EOS before max_new_tokens.
-        self.policy_model.get_base_model().generation_config.min_new_tokens = self.sampling.max_new_tokens
-
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return batch  # host-side problems (frozen dataclasses, which Lightning's default refuses)
 
@@ -181,7 +178,8 @@ def build_lampo(args: argparse.Namespace, problems: list[Problem], clock: StepCl
     module = BenchModule(
         model=args.model, group_size=args.group_size, prompts_per_step=args.prompts,
         lora=LoraArgs(r=args.lora_r, alpha=2 * args.lora_r, dropout=0.0),
-        sampling=SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens),
+        sampling=SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                                min_new_tokens=args.max_new_tokens, engine=args.engine, merge_lora=not args.no_merge),
         method=MethodArgs(estimator=args.estimator, aggregation=AGGREGATION[args.loss], beta=args.beta,
                           num_iterations=args.mu, eps_low=0.2, eps_high=0.2, kl_estimator="k3",
                           scale="group_std" if args.estimator == "lampo" else "none"),
@@ -341,6 +339,8 @@ def main() -> None:
     parser.add_argument("--estimator", choices=["grpo", "dr_grpo", "lampo"], default="grpo")
     parser.add_argument("--micro-batch-size", type=int, default=None, help="rows per forward/backward (B·G)")
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--engine", choices=["native", "generate"], default="native", help="lampo-pl's sampler")
+    parser.add_argument("--no-merge", action="store_true", help="lampo-pl samples through the unmerged LoRA")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--steps", type=int, default=12, help="measured steps per framework")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured first steps per framework")
@@ -357,7 +357,8 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, float]]) 
     print(f"{args.model}, G={args.group_size}, B={args.prompts}, {args.max_new_tokens} new tokens, "
           f"LoRA r={args.lora_r}, "
           f"β={args.beta}, μ={args.mu}, loss={args.loss} ({AGGREGATION[args.loss]}), estimator={args.estimator}, "
-          f"micro-batch={args.micro_batch_size or args.prompts * args.group_size}, {args.threads} threads; "
+          f"micro-batch={args.micro_batch_size or args.prompts * args.group_size}, {args.threads} threads, "
+          f"lampo-pl engine={args.engine}{'' if args.no_merge else ' (LoRA merged)'}; "
           f"medians of {args.steps} steps after {args.warmup} warm-up")
     print("| phase (s) | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")

@@ -45,6 +45,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from lampo_pl.lora_merge import branches_off, lora_layers
 from lampo_pl.packaged import build_cached, cache_root, gguf_model_dir, packaged_model_dir
 from lampo_pl.tiny import TINY_VERSION, TinyArch, save_tiny
 from lampo_pl.tiny_sft import SFT_VERSION, save_tiny_sft
@@ -236,13 +237,28 @@ def trainable_parameters(model: PeftModel) -> list[nn.Parameter]:
     return [p for name, p in model.named_parameters() if _adapter_of(name) == POLICY_ADAPTER]
 
 
+def is_zero_adapter(model: PeftModel, name: str) -> bool:
+    """True when adapter `name` adds exact zeros (every LoRA B, or every LoRA A, is all zeros): a fresh LoRA."""
+    layers = lora_layers(model, name)
+    return bool(layers) and any(
+        not any(bool(getattr(layer, half)[name].weight.any()) for layer in layers) for half in ("lora_A", "lora_B")
+    )
+
+
 @contextmanager
 def reference_adapter(model: PeftModel) -> Iterator[PeftModel]:
     """Run the body with the frozen `reference` adapter active, under `torch.no_grad()`.
 
+    While the reference is a fresh LoRA (B = 0, no ``init_adapter``) its branch adds exact zeros, so
+    the body runs with the LoRA branches off instead: bit-identical log-probs without the LoRA
+    matmuls (TRL's reference pass is the base model with its adapter disabled too; docs/performance.md).
     Afterwards the previously active adapter (normally `policy`) is active again and every
     parameter's `requires_grad` is as before: `set_adapter` alone would leave them changed.
     """
+    if is_zero_adapter(model, REFERENCE_ADAPTER):
+        with torch.no_grad(), branches_off(model):
+            yield model
+        return
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     previous = model.active_adapter
     model.set_adapter(REFERENCE_ADAPTER, inference_mode=True)

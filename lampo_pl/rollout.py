@@ -13,22 +13,32 @@ How this differs from a plain `model.generate` call and why:
 5. Sampling is exactly softmax(logits / T) with optional top-p / top-k: the model's own
    generation defaults (a repetition penalty, Qwen3's top_k=20) are overridden, so the tokens'
    distribution is the π_old that the PPO ratio assumes (temperature 0 means greedy).
-6. On request (`record_logprobs`) the sampler's own log π_old(o_t) = log_softmax(z / T)[o_t] is kept
-   while generating, at the cost of one log-softmax over [n, V] per token: LamPO's confidence
-   scores need π_old before the loss pass, and at μ = 1 this spares a whole teacher-forced forward
-   pass (issue 7, "no wasted passes"). It agrees with `token_logprobs` on the same tokens up to float
-   rounding (the KV-cache path sums in another order; tests/test_rollout.py pins 1e-4).
+6. The sampler is lampo-pl's decode loop (`decode.py`, ``engine="native"``) with the active adapter
+   merged into the weights while sampling (`lora_merge.py`): 0.62× the time of ``generate()`` on
+   the same tiny-model rollout (docs/performance.md). ``engine="generate"`` keeps transformers'
+   ``generate()`` (its tokens, bit for bit, for a given seed) and is the tests' oracle.
+7. On request (`record_logprobs`) the sampler's own log π_old(o_t) = log_softmax(z / T)[o_t] is kept:
+   LamPO's confidence scores need π_old before the loss pass, and at μ = 1 this spares a whole
+   teacher-forced forward pass (issue 7, "no wasted passes"). The native loop has these values
+   anyway; with ``generate()`` they cost one log-softmax over [n, V] per token. They agree with
+   `token_logprobs` on the same tokens up to float rounding (the KV-cache path sums in another
+   order; tests pin 1e-4).
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from peft import PeftModel
 from torch import Tensor
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
+
+from lampo_pl.decode import decode
+from lampo_pl.lora_merge import merged_adapter
 
 
 @dataclass(frozen=True)
@@ -40,15 +50,26 @@ class SamplingParams:
         top_p: Nucleus sampling mass (1.0 = off).
         top_k: Keep only the k most likely tokens (0 = off).
         max_new_tokens: Response length limit; a response without EOS by then is `truncated`.
+        min_new_tokens: EOS is banned before this many tokens (0 = off). Samples then no longer come
+            from π itself: for benchmarks that need fixed-length responses, not for training.
+        engine: native (lampo-pl's decode loop, the fast one) | generate (transformers' ``generate()``:
+            its exact tokens for a seed, for comparisons).
+        merge_lora: Sample with the active LoRA adapter merged into a temporary copy of the weights
+            (faster; costs one copy of the adapted weights while sampling; skipped by itself for a
+            quantised base).
     """
 
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 256
+    min_new_tokens: int = 0
+    engine: Literal["native", "generate"] = "native"
+    merge_lora: bool = True
 
     def __post_init__(self) -> None:
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_new_tokens < 1:
+        if (self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_new_tokens < 1
+                or not 0 <= self.min_new_tokens <= self.max_new_tokens or self.engine not in ("native", "generate")):
             raise ValueError(f"invalid sampling parameters: {self}")
 
 
@@ -186,9 +207,16 @@ def _generate(
     pad_id: int,
     record_logprobs: bool,
 ) -> tuple[Tensor, Tensor | None]:
-    """One `generate` call over left-padded `rows` -> (response columns [n, l], l <= max_new_tokens; their
+    """One sampler call over left-padded `rows` -> (response columns [n, l], l <= max_new_tokens; their
     sampler log-probs [n, l] or None)."""
     ids, mask = left_pad(rows, pad_id, model.device)  # [n, p], [n, p]
+    if sampling.engine == "native":
+        responses, logps = decode(
+            model, ids, mask, max_new_tokens=sampling.max_new_tokens, min_new_tokens=sampling.min_new_tokens,
+            temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p, eos_ids=eos_ids,
+            pad_id=pad_id,
+        )  # [n, l], [n, l]
+        return responses, (logps if record_logprobs else None)
     greedy = sampling.temperature == 0
     recorder = _SampledLogprobs(1.0 if greedy else sampling.temperature) if record_logprobs else None
     output = model.generate(
@@ -200,6 +228,7 @@ def _generate(
         top_k=None if greedy else sampling.top_k,
         repetition_penalty=1.0,  # override any model default: tokens must come from π itself
         max_new_tokens=sampling.max_new_tokens,
+        min_new_tokens=sampling.min_new_tokens,
         eos_token_id=eos_ids,
         pad_token_id=pad_id,
         use_cache=True,
@@ -225,7 +254,7 @@ def _generate_all(
     model.eval()  # no dropout while sampling; the caller's mode comes back even on error
     start = time.perf_counter()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), merged_adapter(model) if sampling.merge_lora else nullcontext():
             parts = [_generate(model, rows[i : i + step], sampling, eos_ids, pad_id, record_logprobs)
                      for i in range(0, len(rows), step)]  # fmt: skip
     finally:

@@ -14,8 +14,10 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from lampo_pl import packaged
+from lampo_pl.lora_merge import lora_layers
 from lampo_pl.policy import (
     adapter_state,
+    is_zero_adapter,
     load_policy,
     reference_adapter,
     resolve_model_source,
@@ -86,19 +88,42 @@ def test_adapters_start_equal_and_only_policy_is_trainable(arch: str, lora_modul
     assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
 
 
-def test_set_adapter_alone_changes_trainability_and_context_restores_it() -> None:
+@pytest.mark.parametrize("fresh", [True, False])
+def test_set_adapter_alone_changes_trainability_and_context_restores_it(fresh: bool) -> None:
     model, _ = load_policy("tiny:qwen3", lora_r=4)
+    if not fresh:  # a reference that is not the base (as after init_adapter): it must really be switched to
+        with torch.no_grad():
+            next(p for n, p in model.named_parameters() if "lora_B.reference" in n).fill_(0.1)
+    assert is_zero_adapter(model, "reference") == fresh and is_zero_adapter(model, "policy")
     before = {n: p.requires_grad for n, p in model.named_parameters()}
     with reference_adapter(model):
-        assert model.active_adapter == "reference"
+        # Fresh: the LoRA branches off (exactly the same function); else the reference adapter itself.
+        assert model.active_adapter == ("policy" if fresh else "reference")
+        assert all(layer.disable_adapters for layer in lora_layers(model, "policy")) == fresh
         assert not torch.is_grad_enabled()
-        assert not any(p.requires_grad for p in model.parameters())
+        assert fresh or not any(p.requires_grad for p in model.parameters())
+    assert not any(layer.disable_adapters for layer in lora_layers(model, "policy"))
     assert model.active_adapter == "policy"
     assert {n: p.requires_grad for n, p in model.named_parameters()} == before
     # Why the context manager exists: peft's set_adapter makes the activated adapter trainable.
     model.set_adapter("reference")
     assert any(p.requires_grad for n, p in model.named_parameters() if ".reference." in n)
     model.set_adapter("policy")
+
+
+def test_fresh_reference_bypass_is_bit_identical_to_the_reference_adapter() -> None:
+    model, tokenizer = load_policy("tiny:qwen3", lora_r=4)
+    batch = _batch(tokenizer)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B.policy" in name:
+                param.normal_(0, 0.2)  # the policy has moved; the reference has not
+        with reference_adapter(model):
+            bypassed = model(**batch).logits
+        model.set_adapter("reference")
+        switched = model(**batch).logits
+    model.set_adapter("policy")
+    assert torch.equal(bypassed, switched)
 
 
 def test_reference_adapter_restores_state_after_an_exception() -> None:
@@ -108,6 +133,7 @@ def test_reference_adapter_restores_state_after_an_exception() -> None:
         raise RuntimeError("boom")
     assert model.active_adapter == "policy"
     assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+    assert not any(layer.disable_adapters for layer in lora_layers(model, "policy"))
 
 
 def test_reference_stays_at_the_start_while_policy_moves() -> None:

@@ -109,14 +109,15 @@ def test_masks_stop_at_first_eos_even_when_pad_is_eos() -> None:
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_teacher_forced_log_probs_match_the_sampler(temperature: float) -> None:
-    """token_logprobs on the rollout's tokens == log_softmax of the (temperature-scaled) scores generate used."""
+    """token_logprobs on the rollout's tokens == log_softmax of the (temperature-scaled) scores generate used.
+    (The generate engine: its tokens for a seed are transformers' own. The native engine: tests/test_decode.py.)"""
     model, tokenizer = load_policy("tiny:qwen3", lora_r=4)
     _boost_eos(model, tokenizer.eos_token_id, bias=3.0)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B.policy" in name:
                 param.normal_(0, 0.2)
-    sampling = SamplingParams(temperature=temperature, max_new_tokens=10)
+    sampling = SamplingParams(temperature=temperature, max_new_tokens=10, engine="generate", merge_lora=False)
     torch.manual_seed(0)
     rollout = generate_rollout(model, tokenizer, _prompts(tokenizer), 2, sampling)
     prompt_ids = rollout.input_ids[:, : rollout.prompt_len]  # [N, P]
