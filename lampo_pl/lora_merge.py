@@ -3,7 +3,7 @@
 A LoRA linear computes W x + s·B(A x): three matmuls plus peft's per-layer bookkeeping, at every
 decode step of every layer. With W' = W + s·BA it is one matmul, the whole cost of sampling from
 the adapted policy at decode time (TRL's vLLM path merges for the same reason). On the tiny Qwen3
-at 32 × 32 tokens this took the decode loop from 0.85× to 0.62× of ``generate()``'s time
+at 32 × 32 tokens this took the decode loop from 0.85× to 0.62-0.66× of ``generate()``'s time
 (docs/performance.md).
 
 How this differs from peft's own ``merge_adapter()`` / ``unmerge_adapter()`` and why:
@@ -14,7 +14,7 @@ How this differs from peft's own ``merge_adapter()`` / ``unmerge_adapter()`` and
    other LoRA variants, a LoRA bias, a non-Linear layer) leaves the whole model as it is, and the
    caller samples through the unmerged layers.
 3. The cost is memory: while sampling, every adapted weight exists twice (for an unquantised
-   Qwen3-4B in bf16, +8 GB). ``SamplingParams.merge_lora=False`` turns it off.
+   Qwen3-4B in bf16, +6.8 GiB: docs/memory.md). ``SamplingParams.merge_lora=False`` turns it off.
 4. The LoRA branches are switched off by the flag peft's layers read (`branches_off`), not by
    ``PeftModel.disable_adapter()``: that one also scans the model's status and resets every
    adapter's ``requires_grad``, 6.7 ms per use on the tiny Qwen3 (3 % of its whole rollout).

@@ -14,8 +14,8 @@ How this differs from a plain `model.generate` call and why:
    generation defaults (a repetition penalty, Qwen3's top_k=20) are overridden, so the tokens'
    distribution is the π_old that the PPO ratio assumes (temperature 0 means greedy).
 6. The sampler is lampo-pl's decode loop (`decode.py`, ``engine="native"``) with the active adapter
-   merged into the weights while sampling (`lora_merge.py`): 0.62× the time of ``generate()`` on
-   the same tiny-model rollout (docs/performance.md). ``engine="generate"`` keeps transformers'
+   merged into the weights while sampling (`lora_merge.py`): 0.6-0.7× the time of ``generate()``
+   on the benchmark's tiny-model rollout (docs/performance.md). ``engine="generate"`` keeps transformers'
    ``generate()`` (its tokens, bit for bit, for a given seed) and is the tests' oracle.
 7. On request (`record_logprobs`) the sampler's own log π_old(o_t) = log_softmax(z / T)[o_t] is kept:
    LamPO's confidence scores need π_old before the loss pass, and at μ = 1 this spares a whole
