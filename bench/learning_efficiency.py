@@ -36,6 +36,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/learning_efficiency/<preset>")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None)
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
+    parser.add_argument("--engine", choices=["native", "generate"], default=None, help="sampler (SamplingParams)")
     types = {f.name: f.type for f in fields(preset("tiny"))}
     for name in OVERRIDABLE:
         kind = {"int": int, "float": float, "str": str}[str(types[name])]
@@ -61,6 +62,8 @@ def main() -> None:
         overrides["methods"] = tuple(args.methods)
     if args.seeds:
         overrides["seeds"] = tuple(args.seeds)
+    if args.engine:
+        overrides["engine"] = args.engine
     settings = replace(preset(args.preset), **overrides)
     out = args.out or Path(__file__).parent / "results" / "learning_efficiency" / args.preset
     out.mkdir(parents=True, exist_ok=True)

@@ -81,14 +81,16 @@ def mergeable_layers(model: nn.Module, adapter: str) -> list[LoraLinear]:
 def merged_adapter(model: nn.Module) -> Iterator[bool]:
     """Run the block with the active adapter merged (W' = W + s·BA) and the LoRA branches off.
 
-    Yields whether it merged; False (the model untouched) for a model without peft adapters or with
-    a layer that cannot be merged exactly. Weights are restored on exit, also after an exception.
+    Yields whether it merged; False (the model untouched) for a model without peft adapters, with
+    its adapters switched off (``disable_adapter()``: the base model is what samples, e.g. the
+    evaluation of ``base``), or with a layer that cannot be merged exactly. Weights are restored on
+    exit, also after an exception.
     """
     if not isinstance(model, PeftModel):
         yield False
         return
     layers = mergeable_layers(model, model.active_adapter)
-    if not layers:
+    if not layers or any(layer.disable_adapters for layer in layers):
         yield False
         return
     saved: list[tuple[nn.Linear, nn.Parameter]] = []

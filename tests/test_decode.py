@@ -4,6 +4,7 @@ sampling distribution, weights restored untouched."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 import torch
@@ -194,3 +195,21 @@ def test_merge_is_skipped_where_it_would_not_be_exact() -> None:
     with merged_adapter(dora) as merged:
         assert not merged
     assert len(mergeable_layers(model, "policy")) == 14  # 2 layers × (q, k, v, o, gate, up, down)
+
+
+def test_adapters_switched_off_sample_the_base_model_not_a_merged_policy() -> None:
+    """Evaluating ``base`` runs the sampler inside ``disable_adapter()``: merging the policy there would
+    silently evaluate the policy instead."""
+    model, tokenizer = _trained_policy("qwen3")
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=10)
+    with model.disable_adapter():
+        base = generate_rollout(model, tokenizer, _prompts(tokenizer), 1, greedy)
+        with merged_adapter(model) as merged:
+            assert not merged
+    policy = generate_rollout(model, tokenizer, _prompts(tokenizer), 1, greedy)
+    reference = generate_rollout(model, tokenizer, _prompts(tokenizer), 1, replace(greedy, engine="generate"))
+    with model.disable_adapter():
+        base_generate = generate_rollout(model, tokenizer, _prompts(tokenizer), 1, replace(greedy, engine="generate"))
+    assert torch.equal(base.input_ids, base_generate.input_ids)
+    assert torch.equal(policy.input_ids, reference.input_ids)
+    assert not torch.equal(base.input_ids, policy.input_ids)

@@ -82,7 +82,7 @@ def build_run(settings: AblationSettings, method: str) -> tuple[LamPOModule, Pro
         group_size=s.group_size,
         prompts_per_step=s.prompts_per_step,
         lora=LoraArgs(dtype=s.dtype, quantization=s.quantization, r=s.lora_r, alpha=s.lora_alpha),  # type: ignore[arg-type]
-        sampling=SamplingParams(temperature=s.temperature, max_new_tokens=s.max_new_tokens),
+        sampling=SamplingParams(temperature=s.temperature, max_new_tokens=s.max_new_tokens, engine=s.engine),
         method=preset.method,
         optim=OptimArgs(lr=s.lr, warmup_steps=s.warmup_steps, micro_batch_size=s.micro_batch_size),
         rewards=RewardArgs(correctness=1.0, density=s.density_weight if preset.density else 0.0),

@@ -11,7 +11,7 @@ or the notebook's settings cell): e.g. ``model="Qwen/Qwen3-1.7B", quantization="
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 from lampo_pl.ablation.methods import METHODS, method_preset
 
@@ -31,6 +31,8 @@ class AblationSettings:
         group_size: G.
         max_new_tokens: Response budget (training and evaluation).
         temperature: Rollout sampling temperature.
+        engine: Sampler of rollouts and evaluations: native | generate (``SamplingParams.engine``; the
+            same distribution, other random draws, so runs of one engine do not resume the other's).
         lr: Peak learning rate of the policy adapter (constant after ``warmup_steps``).
         warmup_steps: Linear learning-rate warm-up steps.
         lora_r: LoRA rank. lora_alpha: LoRA alpha.
@@ -59,6 +61,7 @@ class AblationSettings:
     group_size: int = 8
     max_new_tokens: int = 32
     temperature: float = 1.0
+    engine: Literal["native", "generate"] = "native"
     lr: float = 2.5e-3
     warmup_steps: int = 0
     lora_r: int = 8

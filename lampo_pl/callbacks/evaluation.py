@@ -215,12 +215,14 @@ class BenchmarkEvaluation(L.Callback):
     # ---- what --------------------------------------------------------------------------------------
 
     def sampling(self, pl_module: Any) -> SamplingParams:
+        """The training rollout's sampler (engine, LoRA merging) with this evaluation's own settings."""
         return replace(
             pl_module.sampling,
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=0,
             max_new_tokens=self.max_new_tokens or pl_module.sampling.max_new_tokens,
+            min_new_tokens=0,  # graded answers come from π itself, whatever a benchmark forces in training
         )
 
     def problem_sets(self, trainer: L.Trainer) -> dict[str, list[Problem]]:
