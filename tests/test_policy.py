@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import bitsandbytes as bnb
+import numpy as np
 import pytest
 import torch
 from peft import PeftModel
@@ -240,3 +242,24 @@ def test_a_local_gguf_file_is_converted_once_and_cached(tmp_path, monkeypatch) -
     assert len(calls) == 1 and calls[0][0] == str(gguf)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         resolve_model_source(str(tmp_path / "missing.gguf"))
+
+
+def test_building_a_cache_entry_leaves_the_random_state_alone(tmp_path: Path) -> None:
+    """A first run on an empty cache must draw the same LoRA weights and samples as every later run
+    (the GGUF rebuild initialises a random skeleton; before the fix a fresh cache shifted every draw)."""
+
+    def noisy_build(folder: Path) -> None:
+        torch.nn.Linear(64, 64)  # random init, as a model skeleton's
+        random.random()
+        np.random.rand()
+        (folder / "done").write_text("ok")
+
+    draws = []
+    for _ in range(2):  # built, then found
+        torch.manual_seed(0)
+        random.seed(0)
+        np.random.seed(0)
+        packaged.build_cached(tmp_path / "entry", noisy_build)
+        draws.append((torch.rand(3).tolist(), random.random(), float(np.random.rand())))
+    assert draws[0] == draws[1]
+    assert (tmp_path / "entry" / "done").is_file()
