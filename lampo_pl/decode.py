@@ -19,26 +19,33 @@ How this differs from ``model.generate`` (the ``engine="generate"`` path, kept a
 
 from __future__ import annotations
 
+import inspect
+
 import torch
+from peft import PeftModel
 from torch import Tensor, nn
 from transformers import TopKLogitsWarper, TopPLogitsWarper
+
+DECODE_ARGUMENTS = ("attention_mask", "position_ids", "past_key_values", "use_cache", "logits_to_keep")
 
 
 def sample_categorical(probs: Tensor) -> Tensor:
     """One draw per row from non-negative, unnormalised probabilities, by inverse CDF. [n, V] -> [n]
 
-    The CDF is summed in float64: at a 152k vocabulary float32 cumsum rounding (~1e-7 of the total per
-    add) would move probability mass between neighbouring tokens.
+    The CDF is summed in float64 (float32 on Apple's MPS, which has no float64): at a 152k vocabulary
+    float32 cumsum rounding (~1e-7 of the total per add) would move probability mass between
+    neighbouring tokens.
 
     Raises:
         ValueError: a row sums to zero or is not finite (NaN / inf logits).
     """
-    cdf = probs.double().cumsum(dim=-1)  # [n, V]
+    wide = torch.float32 if probs.device.type == "mps" else torch.float64  # Apple's MPS has no float64
+    cdf = probs.to(wide).cumsum(dim=-1)  # [n, V]
     total = cdf[:, -1:]  # [n, 1]
     if not bool(((total > 0) & torch.isfinite(total)).all()):
         rows = (~((total > 0) & torch.isfinite(total))).squeeze(1).nonzero().flatten().tolist()
         raise ValueError(f"cannot sample: the probabilities of rows {rows} are zero, NaN or infinite")
-    u = torch.rand(total.shape, dtype=torch.float64, device=probs.device) * total  # [n, 1] uniform in [0, total)
+    u = torch.rand(total.shape, dtype=wide, device=probs.device) * total  # [n, 1] uniform in [0, total)
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)  # [n]
 
 
@@ -70,6 +77,17 @@ def next_tokens(
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)  # [n], [n]
 
 
+def check_decodable(model: nn.Module) -> None:
+    """Raise a clear error for a model whose forward cannot take what the loop passes (e.g. remote code)."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    params = inspect.signature(base.forward).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # transformers' models name every argument and take **kwargs besides
+    if missing := [name for name in DECODE_ARGUMENTS if name not in params]:
+        raise ValueError(f"{type(base).__name__}.forward takes no {', '.join(missing)}, which the native decode "
+                         "loop passes; sample with model.sampling.engine: generate")
+
+
 @torch.no_grad()
 def decode(
     model: nn.Module,
@@ -89,6 +107,7 @@ def decode(
     After a row's first EOS its tokens are `pad_id` and its log-probs 0; the loop stops when every row
     has ended or at `max_new_tokens`. The model is called as it is (train / eval mode is the caller's).
     """
+    check_decodable(model)
     n = input_ids.shape[0]
     positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)  # [n, p]
     mask: Tensor | None = None if bool(attention_mask.all()) else attention_mask  # as generate: no padding, no mask

@@ -213,3 +213,12 @@ def test_adapters_switched_off_sample_the_base_model_not_a_merged_policy() -> No
     assert torch.equal(base.input_ids, base_generate.input_ids)
     assert torch.equal(policy.input_ids, reference.input_ids)
     assert not torch.equal(base.input_ids, policy.input_ids)
+
+
+def test_a_model_the_loop_cannot_drive_gets_a_clear_error() -> None:
+    class OldStyle(torch.nn.Module):
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None: ...
+
+    with pytest.raises(ValueError, match=r"OldStyle.forward takes no position_ids, past_key_values.*engine: generate"):
+        decode(OldStyle(), torch.ones(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.long), max_new_tokens=1,
+               min_new_tokens=0, temperature=1.0, top_k=0, top_p=1.0, eos_ids=[0], pad_id=0)  # fmt: skip
