@@ -238,9 +238,11 @@ def trainable_parameters(model: PeftModel) -> list[nn.Parameter]:
 
 
 def is_zero_adapter(model: PeftModel, name: str) -> bool:
-    """True when adapter `name` adds exact zeros (every LoRA B, or every LoRA A, is all zeros): a fresh LoRA."""
+    """True when adapter `name` adds exact zeros: plain LoRA (no DoRA-like variant, no LoRA bias) whose every
+    B, or every A, is all zeros, as a fresh LoRA's B is."""
     layers = lora_layers(model, name)
-    return bool(layers) and any(
+    plain = all(name not in layer.lora_variant and not layer.lora_bias.get(name, False) for layer in layers)
+    return bool(layers) and plain and any(
         not any(bool(getattr(layer, half)[name].weight.any()) for layer in layers) for half in ("lora_A", "lora_B")
     )
 

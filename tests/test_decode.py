@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from lampo_pl.decode import decode, next_tokens, sample_categorical
 from lampo_pl.lora_merge import mergeable_layers, merged_adapter
-from lampo_pl.policy import load_policy
+from lampo_pl.policy import is_zero_adapter, load_policy
 from lampo_pl.rollout import SamplingParams, generate_rollout, left_pad
 
 
@@ -192,6 +192,7 @@ def test_merge_is_skipped_where_it_would_not_be_exact() -> None:
     dora = get_peft_model(AutoModelForCausalLM.from_config(base.config),
                           LoraConfig(r=4, target_modules="all-linear", use_dora=True))  # fmt: skip
     assert mergeable_layers(dora, "default") == []
+    assert not is_zero_adapter(dora, "default")  # B = 0, but DoRA's magnitude rescales W: not the base
     with merged_adapter(dora) as merged:
         assert not merged
     assert len(mergeable_layers(model, "policy")) == 14  # 2 layers × (q, k, v, o, gate, up, down)
