@@ -42,8 +42,9 @@ def sample_categorical(probs: Tensor) -> Tensor:
     wide = torch.float32 if probs.device.type == "mps" else torch.float64  # Apple's MPS has no float64
     cdf = probs.to(wide).cumsum(dim=-1)  # [n, V]
     total = cdf[:, -1:]  # [n, 1]
-    if not bool(((total > 0) & torch.isfinite(total)).all()):
-        rows = (~((total > 0) & torch.isfinite(total))).squeeze(1).nonzero().flatten().tolist()
+    valid = (total > 0) & torch.isfinite(total)  # [n, 1]
+    if not bool(valid.all()):
+        rows = (~valid).squeeze(1).nonzero().flatten().tolist()
         raise ValueError(f"cannot sample: the probabilities of rows {rows} are zero, NaN or infinite")
     u = torch.rand(total.shape, dtype=wide, device=probs.device) * total  # [n, 1] uniform in [0, total)
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)  # [n]

@@ -58,6 +58,11 @@ def branches_off(model: nn.Module) -> Iterator[None]:
             layer._disable_adapters = flag
 
 
+def is_plain_lora(layer: LoraLayer, adapter: str) -> bool:
+    """Whether `adapter` in `layer` is W x + s·B(A x) and nothing else: no DoRA-like variant, no LoRA bias."""
+    return adapter not in layer.lora_variant and not layer.lora_bias.get(adapter, False)
+
+
 def mergeable_layers(model: nn.Module, adapter: str) -> list[LoraLinear]:
     """The LoRA layers of `adapter` when every one of them merges exactly into its base weight, else []."""
     layers = lora_layers(model, adapter)
@@ -65,8 +70,7 @@ def mergeable_layers(model: nn.Module, adapter: str) -> list[LoraLinear]:
         base = layer.get_base_layer()
         exact = (
             type(layer) is LoraLinear  # peft's bnb / gptq / ... layers are other classes
-            and adapter not in layer.lora_variant  # DoRA and friends change the merge
-            and not layer.lora_bias.get(adapter, False)
+            and is_plain_lora(layer, adapter)  # DoRA and friends, or a bias, change the merge
             and not layer.merged
             and type(base) is nn.Linear
             and type(base.weight) is nn.Parameter  # Params4bit / Int8Params are subclasses

@@ -45,7 +45,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from lampo_pl.lora_merge import branches_off, lora_layers
+from lampo_pl.lora_merge import branches_off, is_plain_lora, lora_layers
 from lampo_pl.packaged import build_cached, cache_root, gguf_model_dir, packaged_model_dir
 from lampo_pl.tiny import TINY_VERSION, TinyArch, save_tiny
 from lampo_pl.tiny_sft import SFT_VERSION, save_tiny_sft
@@ -241,8 +241,7 @@ def is_zero_adapter(model: PeftModel, name: str) -> bool:
     """True when adapter `name` adds exact zeros: plain LoRA (no DoRA-like variant, no LoRA bias) whose every
     B, or every A, is all zeros, as a fresh LoRA's B is."""
     layers = lora_layers(model, name)
-    plain = all(name not in layer.lora_variant and not layer.lora_bias.get(name, False) for layer in layers)
-    return bool(layers) and plain and any(
+    return bool(layers) and all(is_plain_lora(layer, name) for layer in layers) and any(
         not any(bool(getattr(layer, half)[name].weight.any()) for layer in layers) for half in ("lora_A", "lora_B")
     )
 
