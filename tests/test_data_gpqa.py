@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from lampo_pl.data.benchmark import RowInfo
 from lampo_pl.data.gpqa import choice_order, to_problem
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
@@ -46,13 +47,13 @@ def test_same_in_another_process_with_another_hash_salt() -> None:
 
 
 def test_problem_is_the_same_on_every_call() -> None:
-    first, second = to_problem(row(7), 0), to_problem(row(7), 0)
+    first, second = to_problem(row(7), RowInfo(0, "train")), to_problem(row(7), RowInfo(0, "train"))
     assert first == second
     assert first.choices["ABCD".index(first.answer)] == "right 7"
 
 
 def test_correct_letter_is_uniform_across_questions() -> None:
-    letters = collections.Counter(to_problem(row(i), i).answer for i in range(400))
+    letters = collections.Counter(to_problem(row(i), RowInfo(i, "train")).answer for i in range(400))
     # Uniform: 100 each, sd ~8.7. Always-"A" (or any fixed position) gives 400/0/0/0 and fails.
     assert set(letters) == set("ABCD")
     assert all(60 <= letters[letter] <= 140 for letter in "ABCD"), letters

@@ -10,7 +10,7 @@ import pytest
 
 from lampo_pl.data import BadRowsWarning, load_problems
 from lampo_pl.data.math_train import last_boxed
-from lampo_pl.data.registry import LOADERS
+from lampo_pl.data.registry import NAMES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
@@ -122,7 +122,7 @@ def test_bad_row_error_names_file_row_and_field(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "x.jsonl", rows)
     with pytest.raises(ValueError) as info:
         load_problems("math500", source=path)
-    assert str(info.value) == f"{path} row 1: missing field 'answer'"
+    assert str(info.value) == f"{path} line 2: missing field 'answer'"
 
 
 @pytest.mark.parametrize(
@@ -148,17 +148,17 @@ def test_malformed_fields(tmp_path: Path, name: str, row: object, message: str) 
     path = write_jsonl(tmp_path / "x.jsonl", [row])
     with pytest.raises(ValueError) as info:
         load_problems(name, source=path)
-    assert str(info.value).startswith(f"{path} row 0: {message}")
+    assert str(info.value).startswith(f"{path} line 1: {message}")
 
 
 def test_invalid_json_line_and_csv_missing_column(tmp_path: Path) -> None:
     path = tmp_path / "x.jsonl"
     path.write_text('{"unique_id": "a", "problem": "p", "answer": "1"}\n\n{"unique_id": "b", "problem": \n')
-    with pytest.raises(ValueError, match=r"x\.jsonl row 1: invalid JSON"):
+    with pytest.raises(ValueError, match=r"x\.jsonl line 3: invalid JSON"):
         load_problems("math500", source=str(path))
     csv_path = tmp_path / "gpqa.csv"
     csv_path.write_text("Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2\nq,a,b,c\n")
-    with pytest.raises(ValueError, match=r"gpqa\.csv row 0: missing field 'Incorrect Answer 3'"):
+    with pytest.raises(ValueError, match=r"gpqa\.csv line 2: missing field 'Incorrect Answer 3'"):
         load_problems("gpqa_diamond", source=str(csv_path))
 
 
@@ -170,11 +170,11 @@ def test_skip_mode_counts_bad_rows(tmp_path: Path) -> None:
         {"unique_id": "a", "problem": "again", "answer": "4"},
     ]
     path = write_jsonl(tmp_path / "x.jsonl", rows)
-    with pytest.warns(BadRowsWarning, match=r"skipped 2 bad row\(s\) of 4 read: .*row 1: missing field 'answer'"):
+    with pytest.warns(BadRowsWarning, match=r"skipped 2 bad row\(s\) of 4 read: .*line 2: missing field 'answer'"):
         problems = load_problems("math500", source=path, on_bad_row="skip")
     assert [p.id for p in problems] == ["a", "c"]
     duplicate = write_jsonl(tmp_path / "dup.jsonl", [rows[0], rows[2], rows[3]])
-    with pytest.raises(ValueError, match=r"dup\.jsonl row 2: duplicate id 'a'"):
+    with pytest.raises(ValueError, match=r"dup\.jsonl line 3: duplicate id 'a'"):
         load_problems("math500", source=duplicate)
 
 
@@ -198,7 +198,7 @@ def test_limit_keeps_the_first_problems() -> None:
 def test_registry_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"unknown problem set 'math'; valid names: math500, aime24, .*synthetic"):
         load_problems("math")
-    assert list(LOADERS) == [
+    assert list(NAMES) == [
         "math500",
         "aime24",
         "aime25",

@@ -16,17 +16,15 @@ Sample row:
 
 from __future__ import annotations
 
+from lampo_pl.data.benchmark import Benchmark, RowInfo
 from lampo_pl.data.record import Problem
-from lampo_pl.data.sources import OnBadRow, Row, convert_rows, optional_text, read_rows, required_text
-
-HUB_ID = "HuggingFaceH4/aime_2024"
-SPLIT = "train"
+from lampo_pl.data.sources import Row, optional_text, required_text
 
 
-def to_problem(row: Row, index: int) -> Problem:
+def to_problem(row: Row, at: RowInfo) -> Problem:
     """One AIME 2024 row as a ``Problem`` (id: ``aime24-<id>``, or the row index without an id)."""
     return Problem(
-        id=f"aime24-{optional_text(row, 'id') or index}",
+        id=f"aime24-{optional_text(row, 'id') or at.index}",
         prompt=required_text(row, "problem", "question"),
         answer=required_text(row, "answer"),
         solution=optional_text(row, "solution"),
@@ -34,15 +32,4 @@ def to_problem(row: Row, index: int) -> Problem:
     )
 
 
-def load(
-    source: str | None = None,
-    *,
-    split: str | None = None,
-    limit: int | None = None,
-    on_bad_row: OnBadRow = "error",
-    seed: int = 0,
-) -> list[Problem]:
-    """Load AIME 2024 from the Hub (default) or a local file; ``seed`` is unused (fixed order)."""
-    source = source or HUB_ID
-    rows = read_rows(source, split=split or SPLIT)
-    return convert_rows(rows, to_problem, source=source, limit=limit, on_bad_row=on_bad_row)
+BENCHMARK = Benchmark(name="aime24", source="HuggingFaceH4/aime_2024", split="train", to_problem=to_problem)

@@ -24,22 +24,22 @@ Sample problem:
 from __future__ import annotations
 
 import importlib.util
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from lampo_pl.data.benchmark import Benchmark, RowInfo
 from lampo_pl.data.record import Problem
-from lampo_pl.data.sources import BadRowError, OnBadRow, Row, convert_rows, optional_text, required_text
+from lampo_pl.data.sources import BadRowError, Row, optional_text, required_text
 
 PACKAGE_FILE = "dataset_files/v0.json"
 
 
-def default_path() -> Path:
+def default_path() -> str:
     """``v0.json`` inside the installed ``champ-dataset`` package, found without importing it."""
     spec = importlib.util.find_spec("champ_dataset")
     if spec is None or spec.origin is None:
         raise FileNotFoundError("the champ-dataset package is not installed: pip install --no-deps champ-dataset")
-    return Path(spec.origin).parent / PACKAGE_FILE
+    return str(Path(spec.origin).parent / PACKAGE_FILE)
 
 
 def solution_text(row: Row) -> str:
@@ -51,7 +51,7 @@ def solution_text(row: Row) -> str:
     return "\n".join(required_text(step, "_text") for step in steps)
 
 
-def to_problem(row: Row, index: int) -> Problem:
+def to_problem(row: Row, at: RowInfo) -> Problem:
     """One CHAMP problem as a ``Problem`` (id: its ``identifier``)."""
     return Problem(
         id=required_text(row, "identifier"),
@@ -62,17 +62,5 @@ def to_problem(row: Row, index: int) -> Problem:
     )
 
 
-def load(
-    source: str | None = None,
-    *,
-    split: str | None = None,
-    limit: int | None = None,
-    on_bad_row: OnBadRow = "error",
-    seed: int = 0,
-) -> list[Problem]:
-    """Load CHAMP from the installed package (default) or a ``v0.json`` path; ``split``/``seed`` unused."""
-    path = Path(source) if source else default_path()
-    problems = json.loads(path.read_text(encoding="utf-8")).get("problems")
-    if not isinstance(problems, dict):
-        raise ValueError(f"{path}: expected a JSON object with a 'problems' mapping")
-    return convert_rows(problems.values(), to_problem, source=str(path), limit=limit, on_bad_row=on_bad_row)
+# A JSON document whose "problems" maps each identifier to its record; there is no split.
+BENCHMARK = Benchmark(name="champ", source=default_path, split="-", field="problems", to_problem=to_problem)

@@ -23,12 +23,10 @@ from __future__ import annotations
 import hashlib
 import random
 
+from lampo_pl.data.benchmark import Benchmark, RowInfo
 from lampo_pl.data.record import Problem
-from lampo_pl.data.sources import OnBadRow, Row, convert_rows, optional_text, read_rows, required_text
+from lampo_pl.data.sources import Row, optional_text, required_text
 
-HUB_ID = "Idavidrein/gpqa"
-CONFIG = "gpqa_diamond"
-SPLIT = "train"
 LETTERS = "ABCD"
 INCORRECT = ("Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
 
@@ -45,15 +43,15 @@ def format_choices(question: str, choices: tuple[str, ...]) -> str:
     return f"{question}\n\n{lines}"
 
 
-def to_problem(row: Row, index: int, seed: int = 0) -> Problem:
+def to_problem(row: Row, at: RowInfo) -> Problem:
     """One GPQA row as a ``choice`` Problem with shuffled choices (id: the Record ID)."""
     question = required_text(row, "Question")
     original = (required_text(row, "Correct Answer"), *(required_text(row, name) for name in INCORRECT))
     record_id = optional_text(row, "Record ID")
-    order = choice_order(record_id or question, seed)
+    order = choice_order(record_id or question, at.seed)
     choices = tuple(original[k] for k in order)
     return Problem(
-        id=record_id or f"gpqa-{index}",
+        id=record_id or f"gpqa-{at.index}",
         prompt=format_choices(question, choices),
         answer=LETTERS[order.index(0)],
         solution=optional_text(row, "Explanation"),
@@ -67,19 +65,6 @@ def to_problem(row: Row, index: int, seed: int = 0) -> Problem:
     )
 
 
-def load(
-    source: str | None = None,
-    *,
-    split: str | None = None,
-    limit: int | None = None,
-    on_bad_row: OnBadRow = "error",
-    seed: int = 0,
-) -> list[Problem]:
-    """Load GPQA-Diamond from the Hub (default) or a local file; ``seed`` enters every shuffle."""
-    source = source or HUB_ID
-    rows = read_rows(source, config=CONFIG, split=split or SPLIT)
-
-    def convert(row: Row, index: int) -> Problem:
-        return to_problem(row, index, seed)
-
-    return convert_rows(rows, convert, source=source, limit=limit, on_bad_row=on_bad_row)
+BENCHMARK = Benchmark(
+    name="gpqa_diamond", source="Idavidrein/gpqa", config="gpqa_diamond", split="train", to_problem=to_problem
+)

@@ -19,29 +19,27 @@ from __future__ import annotations
 
 import re
 
+from lampo_pl.data.benchmark import Benchmark, RowInfo
 from lampo_pl.data.record import Problem
-from lampo_pl.data.sources import BadRowError, OnBadRow, Row, convert_rows, read_rows, required_text
+from lampo_pl.data.sources import BadRowError, Row, required_text
 
-HUB_ID = "openai/gsm8k"
-CONFIG = "main"
-SPLIT = "train"
 CALCULATOR = re.compile(r"<<[^>]*>>")
 
 
-def split_answer(text: str) -> tuple[str, str]:
+def split_answer(text: str, column: str = "answer") -> tuple[str, str]:
     """``(solution, final_answer)`` from a GSM8K ``answer`` field; ``BadRowError`` without ``####``."""
     solution, marker, final = text.rpartition("####")
     final = final.strip().replace(",", "")
     if not marker or not final:
-        raise BadRowError("malformed field 'answer': no final answer after '####'")
+        raise BadRowError(f"malformed field {column!r}: no final answer after '####'")
     return CALCULATOR.sub("", solution).strip(), final
 
 
-def to_problem(row: Row, index: int, split: str = SPLIT) -> Problem:
+def to_problem(row: Row, at: RowInfo) -> Problem:
     """One GSM8K row as a ``Problem`` (id: ``gsm8k-<split>-<row index>``; the set has no ids)."""
     solution, answer = split_answer(required_text(row, "answer"))
     return Problem(
-        id=f"gsm8k-{split}-{index}",
+        id=f"gsm8k-{at.split}-{at.index}",
         prompt=required_text(row, "question"),
         answer=answer,
         solution=solution,
@@ -49,19 +47,4 @@ def to_problem(row: Row, index: int, split: str = SPLIT) -> Problem:
     )
 
 
-def load(
-    source: str | None = None,
-    *,
-    split: str | None = None,
-    limit: int | None = None,
-    on_bad_row: OnBadRow = "error",
-    seed: int = 0,
-) -> list[Problem]:
-    """Load GSM8K from the Hub (default: ``train``) or a local file; ``seed`` is unused."""
-    source, split = source or HUB_ID, split or SPLIT
-    rows = read_rows(source, config=CONFIG, split=split)
-
-    def convert(row: Row, index: int) -> Problem:
-        return to_problem(row, index, split)
-
-    return convert_rows(rows, convert, source=source, limit=limit, on_bad_row=on_bad_row)
+BENCHMARK = Benchmark(name="gsm8k", source="openai/gsm8k", config="main", split="train", to_problem=to_problem)

@@ -14,14 +14,12 @@ Sample row:
 
 from __future__ import annotations
 
+from lampo_pl.data.benchmark import Benchmark, RowInfo
 from lampo_pl.data.record import Problem
-from lampo_pl.data.sources import OnBadRow, Row, convert_rows, optional_text, read_rows, required_text
-
-HUB_ID = "HuggingFaceH4/MATH-500"
-SPLIT = "test"
+from lampo_pl.data.sources import Row, optional_text, required_text
 
 
-def to_problem(row: Row, index: int) -> Problem:
+def to_problem(row: Row, at: RowInfo) -> Problem:
     """One MATH-500 row as a ``Problem`` (id: ``unique_id``)."""
     return Problem(
         id=required_text(row, "unique_id"),
@@ -36,15 +34,4 @@ def to_problem(row: Row, index: int) -> Problem:
     )
 
 
-def load(
-    source: str | None = None,
-    *,
-    split: str | None = None,
-    limit: int | None = None,
-    on_bad_row: OnBadRow = "error",
-    seed: int = 0,
-) -> list[Problem]:
-    """Load MATH-500 from the Hub (default) or a local file; ``seed`` is unused (fixed order)."""
-    source = source or HUB_ID
-    rows = read_rows(source, split=split or SPLIT)
-    return convert_rows(rows, to_problem, source=source, limit=limit, on_bad_row=on_bad_row)
+BENCHMARK = Benchmark(name="math500", source="HuggingFaceH4/MATH-500", split="test", to_problem=to_problem)

@@ -19,30 +19,10 @@ Sample row:
 
 from __future__ import annotations
 
+from lampo_pl.data.benchmark import Benchmark, RowInfo
 from lampo_pl.data.record import Problem
-from lampo_pl.data.sources import (
-    BadRowError,
-    OnBadRow,
-    Row,
-    convert_rows,
-    optional_text,
-    read_rows,
-    required_text,
-)
+from lampo_pl.data.sources import BadRowError, Row, optional_text, required_text
 
-HUB_ID = "DigitalLearningGmbH/MATH-lighteval"
-SPLIT = "train"
-CONFIGS: dict[str, tuple[str, ...]] = {
-    "EleutherAI/hendrycks_math": (
-        "algebra",
-        "counting_and_probability",
-        "geometry",
-        "intermediate_algebra",
-        "number_theory",
-        "prealgebra",
-        "precalculus",
-    )
-}
 BOX_COMMANDS = ("\\boxed", "\\fbox")
 
 
@@ -75,7 +55,7 @@ def last_boxed(text: str) -> str | None:
     return None  # unbalanced
 
 
-def to_problem(row: Row, index: int, split: str = SPLIT) -> Problem:
+def to_problem(row: Row, at: RowInfo) -> Problem:
     """One MATH row as a ``Problem`` (id: ``math-<split>-<row index>``; the set has no ids)."""
     solution = required_text(row, "solution")
     answer = last_boxed(solution)
@@ -83,7 +63,7 @@ def to_problem(row: Row, index: int, split: str = SPLIT) -> Problem:
         raise BadRowError("malformed field 'solution': no complete \\boxed{} final answer")
     level = optional_text(row, "level")
     return Problem(
-        id=f"math-{split}-{index}",
+        id=f"math-{at.split}-{at.index}",
         prompt=required_text(row, "problem"),
         answer=answer,
         solution=solution,
@@ -95,19 +75,21 @@ def to_problem(row: Row, index: int, split: str = SPLIT) -> Problem:
     )
 
 
-def load(
-    source: str | None = None,
-    *,
-    split: str | None = None,
-    limit: int | None = None,
-    on_bad_row: OnBadRow = "error",
-    seed: int = 0,
-) -> list[Problem]:
-    """Load MATH from the Hub (default: MATH-lighteval ``train``) or a local file; ``seed`` is unused."""
-    source, split = source or HUB_ID, split or SPLIT
-    rows = read_rows(source, config=CONFIGS.get(source), split=split)
-
-    def convert(row: Row, index: int) -> Problem:
-        return to_problem(row, index, split)
-
-    return convert_rows(rows, convert, source=source, limit=limit, on_bad_row=on_bad_row)
+BENCHMARK = Benchmark(
+    name="math_train",
+    source="DigitalLearningGmbH/MATH-lighteval",
+    split="train",
+    to_problem=to_problem,
+    # The same rows in seven per-subject configs, read in turn as one stream.
+    configs={
+        "EleutherAI/hendrycks_math": (
+            "algebra",
+            "counting_and_probability",
+            "geometry",
+            "intermediate_algebra",
+            "number_theory",
+            "prealgebra",
+            "precalculus",
+        )
+    },
+)

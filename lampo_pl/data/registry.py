@@ -14,42 +14,25 @@ synthetic      generated (offline)                      train          training 
 ============== ======================================== ============== ==========================
 
 ``source`` replaces the default with another Hub id or a local .jsonl/.json/.parquet/.csv file in
-the same schema; the per-benchmark modules document their columns and answer extraction.
+the same schema; the per-benchmark modules document their columns and answer extraction. Every
+set but ``synthetic`` is a ``Benchmark`` record loaded by the one loader, ``Benchmark.load``.
+With ``columns`` (a ``ColumnMapping``), any name is a set of the user's own, read by that mapping.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from lampo_pl.data import aime24, aime25, champ, gpqa, gsm8k, math500, math_train, synthetic
+from lampo_pl.data.benchmark import Benchmark
+from lampo_pl.data.columns import ColumnMapping
 from lampo_pl.data.record import Problem
 from lampo_pl.data.sources import OnBadRow
 
-
-class Loader(Protocol):
-    """The signature every benchmark module's ``load`` has."""
-
-    def __call__(
-        self,
-        source: str | None = None,
-        *,
-        split: str | None = None,
-        limit: int | None = None,
-        on_bad_row: OnBadRow = "error",
-        seed: int = 0,
-    ) -> list[Problem]: ...
-
-
-LOADERS: dict[str, Loader] = {
-    "math500": math500.load,
-    "aime24": aime24.load,
-    "aime25": aime25.load,
-    "gpqa_diamond": gpqa.load,
-    "math_train": math_train.load,
-    "gsm8k": gsm8k.load,
-    "champ": champ.load,
-    "synthetic": synthetic.load,
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in (math500.BENCHMARK, aime24.BENCHMARK, aime25.BENCHMARK, gpqa.BENCHMARK, math_train.BENCHMARK,
+              gsm8k.BENCHMARK, champ.BENCHMARK)
 }
+NAMES: tuple[str, ...] = (*BENCHMARKS, "synthetic")  # synthetic is generated (synthetic.py), not read
 # The held-out split to use when a training set serves as an evaluation set; the others are
 # evaluated on their default split.
 EVAL_SPLITS: dict[str, str] = {"math_train": "test", "gsm8k": "test", "synthetic": "test"}
@@ -57,8 +40,11 @@ EVAL_SPLITS: dict[str, str] = {"math_train": "test", "gsm8k": "test", "synthetic
 
 def check_name(name: str) -> None:
     """``ValueError`` listing the valid names unless ``name`` is one."""
-    if name not in LOADERS:
-        raise ValueError(f"unknown problem set {name!r}; valid names: {', '.join(LOADERS)}")
+    if name not in NAMES:
+        raise ValueError(
+            f"unknown problem set {name!r}; valid names: {', '.join(NAMES)} "
+            "(or give columns to read a file or Hub dataset of your own)"
+        )
 
 
 def load_problems(
@@ -69,19 +55,30 @@ def load_problems(
     limit: int | None = None,
     on_bad_row: OnBadRow = "error",
     seed: int = 0,
+    columns: ColumnMapping | None = None,
 ) -> list[Problem]:
     """Load a problem set by name.
 
     Args:
-        name: One of ``LOADERS`` (see the table above).
-        source: Hub dataset id or local file path; ``None`` uses the set's default source.
+        name: One of ``NAMES`` (see the table above), or any name with ``columns``.
+        source: Hub dataset id or local file path; ``None`` uses the set's default source
+            (required with ``columns``).
         split: Hub split (ignored for local files); ``None`` uses the set's default split.
         limit: Keep at most the first ``limit`` problems (for ``synthetic``: how many to generate,
             default ``synthetic.DEFAULT_SIZE``).
         on_bad_row: ``"error"`` raises at the first row that cannot be converted (naming the
-            source, row and field); ``"skip"`` drops such rows and warns with their count.
+            source, its line or row, and the field); ``"skip"`` drops such rows and warns with their count.
         seed: Seeds GPQA's per-question choice shuffles and the synthetic generator; the other
             sets have a fixed order.
+        columns: Read ``source`` with this column mapping instead of the named set's row function.
     """
-    check_name(name)
-    return LOADERS[name](source, split=split, limit=limit, on_bad_row=on_bad_row, seed=seed)
+    if columns is not None:
+        benchmark = columns.benchmark(name)
+    elif name == "synthetic":
+        if source is not None:
+            raise ValueError(f"synthetic problems are generated, not read: got source={source!r}")
+        return synthetic.generate_synthetic(limit or synthetic.DEFAULT_SIZE, seed=seed, split=split or "train")
+    else:
+        check_name(name)
+        benchmark = BENCHMARKS[name]
+    return benchmark.load(source, split=split, limit=limit, on_bad_row=on_bad_row, seed=seed)

@@ -1,17 +1,23 @@
-"""Reading benchmark rows from the Hugging Face Hub or a local file, with one policy for bad rows.
+"""Reading problem rows from a local file or the Hugging Face Hub, each with where it stands.
 
-Every loader in this package is ``read_rows`` (where the rows come from) followed by
-``convert_rows`` (row -> ``Problem``, counting and reporting what could not be converted):
+- A *source* is a local file or a Hub dataset id (``"HuggingFaceH4/MATH-500"``, read with
+  ``datasets.load_dataset``). It is local when it names an existing file, when its suffix is
+  ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv``, or when it is written as a path (it starts with
+  ``/``, ``.`` or ``~``, or has more than one ``/``; a Hub id is ``name`` or ``owner/name``). A
+  local source that does not exist is one ``FileNotFoundError`` naming it, before anything is
+  read. A local file is one split, so ``split`` and ``config`` apply to Hub ids only; an existing
+  folder goes to ``datasets.load_dataset`` as a local dataset.
+- Each row comes with its place (``SourceRow``): for line-based files (JSON Lines, CSV) the
+  file's 1-based LINE where the record starts (a CSV's header is line 1; blank lines count, as in
+  an editor); otherwise (a JSON array, Parquet, a Hub split) the 0-based ROW index. Messages say
+  which: ``"data.jsonl line 7: ..."``, ``"data.parquet row 6: ..."``.
+- A line that cannot become a record (not UTF-8, not JSON) is a bad row like one with a missing
+  field (``BadRowError``): the loader stops at it, or skips and counts it (``on_bad_row="skip"``).
+  A file that cannot be read at all (truncated Parquet, an invalid JSON document, text the CSV
+  reader rejects) is one ``ValueError`` naming the file (and the line where known).
 
-- A *source* is a Hub dataset id (``"HuggingFaceH4/MATH-500"``, read with ``datasets.load_dataset``)
-  or a local ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` file with the same column names
-  (offline use). A source is local when its suffix is one of those or when it names an existing
-  file; a local file is one split, so ``split`` and ``config`` apply to Hub ids only.
-- Rows are numbered from 0 in file order (for CSV, the first row after the header is row 0;
-  blank JSONL lines are not rows). A row that cannot be converted is an error
-  ``"<source> row <i>: missing field 'answer'"``; with ``on_bad_row="skip"`` it is dropped and
-  the count, with the first messages, is reported as a ``BadRowsWarning``. Nothing is lost
-  silently, and a source that yields no problem at all is an error naming it.
+The field helpers (``required_text``, ``optional_text``) are what every row function uses, so a
+missing or malformed field reads the same everywhere: ``"missing field 'answer'"``.
 """
 
 from __future__ import annotations
@@ -19,12 +25,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-
-from lampo_pl.data.record import Problem
 
 OnBadRow = Literal["error", "skip"]
 Row = Mapping[str, Any]
@@ -39,69 +43,171 @@ class BadRowsWarning(UserWarning):
     """Rows were skipped (``on_bad_row="skip"``); the message gives the count and the first reasons."""
 
 
+@dataclass(frozen=True)
+class SourceRow:
+    """One record of a source and where it stands in it.
+
+    Attributes:
+        value: The record, or a ``BadRowError`` saying why its text could not become one.
+        line: The 1-based line where the record starts, for JSON Lines and CSV files; ``None`` for
+            the others, whose rows are known by their 0-based index.
+    """
+
+    value: Row | BadRowError
+    line: int | None = None
+
+
 def is_local(source: str) -> bool:
-    """Whether ``source`` names a local file (known suffix, or an existing file) rather than a Hub id."""
-    path = Path(source)
-    return path.suffix.lower() in LOCAL_SUFFIXES or path.is_file()
+    """Whether ``source`` names a local file rather than a Hub id (see the module docstring)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return False
+    written_as_path = source.startswith(("/", ".", "~")) or source.count("/") > 1
+    return path.is_file() or path.suffix.lower() in LOCAL_SUFFIXES or written_as_path
+
+
+def check_source(source: str) -> None:
+    """``FileNotFoundError`` (one line naming it) when ``source`` is a local file that does not exist."""
+    path = Path(source).expanduser()
+    if is_local(source) and not path.is_file():
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        raise FileNotFoundError(f"{source}: no such file{where}")
 
 
 def read_rows(
-    source: str, *, config: str | Sequence[str] | None = None, split: str = "train"
-) -> Iterator[Row | BadRowError]:
-    """Yield the rows of ``source``; a row that is not even parseable comes as a ``BadRowError``.
+    source: str, *, config: str | Sequence[str] | None = None, split: str = "train", field: str | None = None
+) -> Iterator[SourceRow]:
+    """The rows of ``source`` in order; checks a local file exists before returning.
 
     Args:
         source: Hub dataset id or local file path (see the module docstring).
         config: Hub config name; a sequence of names reads each in turn as one stream of rows
             (e.g. the seven per-subject configs of ``EleutherAI/hendrycks_math``).
         split: Hub split.
+        field: For a JSON document (not JSON Lines), the key of the object that holds the records:
+            a list of them, or a mapping whose values are them (CHAMP's ``problems``).
     """
+    check_source(source)
     if is_local(source):
-        yield from _read_local(Path(source))
-        return
+        return _read_local(Path(source).expanduser(), field)
     configs = [config] if config is None or isinstance(config, str) else list(config)
-    for name in configs:
-        yield from _read_hub(source, name, split)
+    return (row for name in configs for row in _read_hub(source, name, split))
 
 
-def _read_local(path: Path) -> Iterator[Row | BadRowError]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+def _read_local(path: Path, field: str | None) -> Iterator[SourceRow]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        # utf-8-sig: spreadsheet exports (GPQA's CSV among them) may start with a byte-order mark.
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            yield from csv.DictReader(handle)
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        yield from pq.read_table(path).to_pylist()
-    elif suffix in (".json", ".jsonl"):
-        yield from _read_json(path)
-    else:
-        raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}")
+        return _read_csv(path)
+    if suffix == ".parquet":
+        return _read_parquet(path)
+    if suffix == ".jsonl" or (suffix == ".json" and field is None and _is_json_lines(path)):
+        return _read_json_lines(path)
+    if suffix == ".json":
+        return (SourceRow(record) for record in _json_records(path, field))
+    raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}")
 
 
-def _read_json(path: Path) -> Iterator[Row | BadRowError]:
-    """JSON Lines; a ``.json`` file is a JSON array of objects, or JSON Lines as the Hub often has."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+def _undecodable(data: bytes, err: UnicodeDecodeError) -> str:
+    return f"not UTF-8 text (byte 0x{data[err.start]:02x} at column {err.start + 1})"
+
+
+def _read_json_lines(path: Path) -> Iterator[SourceRow]:
+    """One record per non-blank line; a line that is not UTF-8 or not JSON is a bad row naming its line."""
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
         try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: invalid JSON: {err}") from err
-        yield from rows
-        return
-    for line in text.splitlines():
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            yield SourceRow(BadRowError(_undecodable(raw, err)), number)
+            continue
         if not line.strip():
             continue
         try:
-            yield json.loads(line)
+            yield SourceRow(json.loads(line), number)
         except json.JSONDecodeError as err:
-            yield BadRowError(f"invalid JSON ({err.msg} at column {err.colno})")
+            yield SourceRow(BadRowError(f"invalid JSON ({err.msg} at column {err.colno})"), number)
 
 
-def _read_hub(source: str, config: str | None, split: str) -> Iterator[Row]:
+def _is_json_lines(path: Path) -> bool:
+    """A ``.json`` file whose first non-blank line is a JSON object by itself (the Hub often has these)."""
+    with path.open("rb") as handle:
+        for raw in handle:
+            if raw.strip():
+                try:
+                    return isinstance(json.loads(raw.decode("utf-8-sig", errors="replace")), dict)
+                except json.JSONDecodeError:
+                    return False
+    return False
+
+
+def _json_records(path: Path, field: str | None) -> list[Any]:
+    """The records of a JSON document: an array, or ``document[field]`` (a list or a mapping's values)."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(f"{path} line {line}: not UTF-8 text (byte 0x{data[err.start]:02x})") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} line {err.lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
+    if field is not None:
+        records = document.get(field) if isinstance(document, dict) else None
+        records = list(records.values()) if isinstance(records, dict) else records
+        if not isinstance(records, list):
+            raise ValueError(f"{path}: expected a JSON object whose {field!r} is a list or mapping of records")
+        return records
+    if not isinstance(document, list):
+        kind = type(document).__name__
+        raise ValueError(f"{path}: expected a JSON array of records or JSON Lines, got a JSON {kind}")
+    return document
+
+
+def _read_csv(path: Path) -> Iterator[SourceRow]:
+    """Records with the header's column names; a field that is not UTF-8 is a bad row naming it.
+
+    Bytes are decoded with ``surrogateescape`` so that one bad byte spoils only its record, and a
+    byte-order mark (spreadsheet exports, GPQA's CSV among them) is dropped.
+    """
+    lines = (
+        raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+        for raw in path.read_bytes().splitlines(keepends=True)
+    )
+    reader = csv.reader(lines)
+    try:
+        header = next(reader, None)
+        end = reader.line_num
+        for record in reader:
+            start, end = end + 1, reader.line_num
+            if record:  # a blank line is no record
+                yield SourceRow(_csv_record(header or [], record), start)
+    except csv.Error as err:
+        raise ValueError(f"{path} line {reader.line_num}: not valid CSV ({err})") from None
+
+
+def _csv_record(header: list[str], record: list[str]) -> Row | BadRowError:
+    row = dict(zip(header, record, strict=False))
+    for name, value in row.items():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            byte = ord(value[err.start]) - 0xDC00  # surrogateescape maps byte b to U+DC00 + b
+            return BadRowError(f"field {name!r} is not UTF-8 text (byte 0x{byte:02x})")
+    return row
+
+
+def _read_parquet(path: Path) -> Iterator[SourceRow]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"{path}: not a readable Parquet file ({_one_line(err)})") from None
+    return (SourceRow(row) for row in table.to_pylist())
+
+
+def _read_hub(source: str, config: str | None, split: str) -> Iterator[SourceRow]:
     import datasets  # imported here: it is slow to import and local files do not need it
 
     try:
@@ -109,9 +215,13 @@ def _read_hub(source: str, config: str | None, split: str) -> Iterator[Row]:
     except Exception as err:  # network, gating, unknown id or split: all need the same advice
         raise RuntimeError(
             f"could not load {source!r} (config={config!r}, split={split!r}) with datasets.load_dataset: "
-            f"{err}. Offline, pass a local .jsonl/.json/.parquet/.csv file with the same columns."
+            f"{_one_line(err)}. Offline, pass a local .jsonl/.json/.parquet/.csv file with the same columns."
         ) from err
-    yield from dataset
+    return (SourceRow(row) for row in dataset)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def field_names(names: Sequence[str]) -> str:
@@ -152,70 +262,3 @@ def _as_text(value: object, name: str) -> str:
             return ""
         return str(int(value)) if value.is_integer() else str(value)
     raise BadRowError(f"malformed field {name!r}: expected text or a number, got {type(value).__name__}")
-
-
-def convert_rows(
-    rows: Iterable[Row | BadRowError],
-    convert: Callable[[Row, int], Problem],
-    *,
-    source: str,
-    limit: int | None = None,
-    on_bad_row: OnBadRow = "error",
-) -> list[Problem]:
-    """Convert rows to problems in order, stopping after ``limit`` good ones.
-
-    Args:
-        rows: What ``read_rows`` yields.
-        convert: ``(row, row_index) -> Problem``; raises ``BadRowError`` for a bad row.
-        source: Names the data in messages (the file path or the Hub id).
-        limit: Keep at most this many problems (the first ones); ``None`` keeps all.
-        on_bad_row: ``"error"`` raises at the first bad row; ``"skip"`` drops bad rows and warns
-            once with their count.
-
-    Raises:
-        ValueError: A bad row (``"error"``), a duplicate id, or no problem at all.
-    """
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be a positive number of problems or None, got {limit}")
-    problems: list[Problem] = []
-    ids: set[str] = set()
-    bad: list[str] = []
-    num_rows = 0
-    for index, row in enumerate(rows):
-        if limit is not None and len(problems) >= limit:
-            break
-        num_rows += 1
-        try:
-            problem = _convert_one(row, index, convert, ids)
-        except BadRowError as err:
-            message = f"{source} row {index}: {err}"
-            if on_bad_row == "error":
-                raise BadRowError(message) from None
-            bad.append(message)
-            continue
-        ids.add(problem.id)
-        problems.append(problem)
-    _report(source, problems, bad, num_rows)
-    return problems
-
-
-def _convert_one(row: Row | BadRowError, index: int, convert: Callable[[Row, int], Problem], ids: set[str]) -> Problem:
-    if isinstance(row, BadRowError):
-        raise row
-    problem = convert(row, index)
-    if problem.id in ids:
-        raise BadRowError(f"duplicate id {problem.id!r}")
-    return problem
-
-
-def _report(source: str, problems: list[Problem], bad: list[str], num_rows: int) -> None:
-    if bad:
-        shown = "; ".join(bad[:3]) + ("; ..." if len(bad) > 3 else "")
-        warnings.warn(
-            f"{source}: skipped {len(bad)} bad row(s) of {num_rows} read: {shown}",
-            BadRowsWarning,
-            stacklevel=3,
-        )
-    if not problems:
-        reason = f"all {num_rows} rows are bad" if bad else "empty dataset (no rows)"
-        raise ValueError(f"{source}: no problems to load: {reason}")

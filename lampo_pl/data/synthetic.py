@@ -31,10 +31,9 @@ import random
 from collections.abc import Callable, Sequence
 
 from lampo_pl.data.record import Problem
-from lampo_pl.data.sources import OnBadRow
 
 LEVELS = (1, 2, 3, 4)
-DEFAULT_SIZE = 1000  # problems per split when `load` gets no limit
+DEFAULT_SIZE = 1000  # problems per split when `load_problems("synthetic")` gets no limit
 NAMES = ("Tom", "Anna", "Ben", "Maria", "Sam", "Lily", "Omar", "Mia")
 ITEMS = ("apples", "marbles", "stickers", "pencils", "cookies", "books", "stamps", "shells")
 Drawn = tuple[str, str, int]  # (prompt, step-by-step solution without the final sentence, answer)
@@ -120,16 +119,3 @@ def generate_synthetic(n: int, *, levels: Sequence[int] = LEVELS, seed: int = 0,
         )
     return problems
 
-
-def load(
-    source: str | None = None,
-    *,
-    split: str | None = None,
-    limit: int | None = None,
-    on_bad_row: OnBadRow = "error",
-    seed: int = 0,
-) -> list[Problem]:
-    """``limit`` (default ``DEFAULT_SIZE``) problems of all levels; generated, so ``source`` must be None."""
-    if source is not None:
-        raise ValueError(f"synthetic problems are generated, not read: got source={source!r}")
-    return generate_synthetic(limit or DEFAULT_SIZE, seed=seed, split=split or "train")
