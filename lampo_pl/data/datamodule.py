@@ -28,9 +28,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from lampo_pl.data.columns import ColumnMapping
 from lampo_pl.data.record import Problem
 from lampo_pl.data.registry import EVAL_SPLITS, check_name, load_problems
-from lampo_pl.data.sources import OnBadRow
+from lampo_pl.data.sources import OnBadRow, check_source
 from lampo_pl.data.synthetic import LEVELS, generate_synthetic
 
 BatchKey = tuple[int, int, int]  # (epoch, batch index, problem index)
@@ -133,8 +134,10 @@ class ProblemDataModule(L.LightningDataModule):
         train_source: str | None = None,
         train_split: str | None = None,
         train_limit: int | None = None,
+        train_columns: ColumnMapping | None = None,
         eval_sets: Sequence[str] = ("synthetic",),
         eval_sources: dict[str, str] | None = None,
+        eval_columns: dict[str, ColumnMapping] | None = None,
         eval_limit: int | None = None,
         prompts_per_step: int = 8,
         eval_batch_size: int | None = None,
@@ -149,16 +152,22 @@ class ProblemDataModule(L.LightningDataModule):
 
         Args:
             train_set: Name of the training set (``lampo_pl.data.registry``): ``synthetic`` (the
-                offline embedded default), ``math_train``, ``gsm8k``, or any other name.
+                offline embedded default), ``math_train``, ``gsm8k``, or any other name; with
+                ``train_columns``, any name for your own data.
             train_source: Hub dataset id or local .jsonl/.json/.parquet/.csv file for the train
-                set; ``None`` uses the set's default Hub id.
+                set; ``None`` uses the set's default Hub id (required with ``train_columns``).
             train_split: Split of the train set; ``None`` uses the set's default.
             train_limit: Use only the first N training problems; ``None`` uses all.
+            train_columns: Read ``train_source`` as your own data by this column mapping
+                (question, answer, extract, solution, id, ...; ``lampo_pl.data.columns``) instead
+                of a built-in set's loader.
             eval_sets: Names of the evaluation sets, in the order of the validation dataloaders
                 (``dataloader_idx``); empty for no validation. A training set named here is
                 evaluated on its held-out split (``registry.EVAL_SPLITS``).
             eval_sources: Per evaluation-set name, a Hub id or local file that replaces its
                 default source, e.g. ``{"math500": "data/math500.jsonl"}``.
+            eval_columns: Per evaluation-set name, a column mapping that reads its source
+                (``eval_sources``) as your own data, like ``train_columns``.
             eval_limit: Use only the first N problems of each evaluation set; ``None`` uses all.
             prompts_per_step: Prompts per training step (B); the rollout samples G responses each.
             eval_batch_size: Problems per validation batch; ``None`` uses ``prompts_per_step``.
@@ -174,16 +183,14 @@ class ProblemDataModule(L.LightningDataModule):
                 problems cycle through, for training and evaluation alike.
         """
         super().__init__()
-        for name in (train_set, *eval_sets):
-            check_name(name)
-        if unknown := set(eval_sources or {}) - set(eval_sets):
-            raise ValueError(f"eval_sources names sets not in eval_sets {list(eval_sets)}: {sorted(unknown)}")
+        _check_sources(train_set, train_source, train_columns, eval_sets, eval_sources or {}, eval_columns or {})
         if prompts_per_step < 1:
             raise ValueError(f"prompts_per_step must be >= 1, got {prompts_per_step}")
         self.save_hyperparameters()
         self.train_set, self.train_source, self.train_split = train_set, train_source, train_split
         self.train_limit, self.eval_limit = train_limit, eval_limit
         self.eval_names, self.eval_sources = list(eval_sets), dict(eval_sources or {})
+        self.train_columns, self.eval_columns = train_columns, dict(eval_columns or {})
         self.prompts_per_step, self.eval_batch_size = prompts_per_step, eval_batch_size or prompts_per_step
         self.seed, self.num_workers, self.on_bad_row = seed, num_workers, on_bad_row
         self.synthetic_size, self.synthetic_eval_size = synthetic_size, synthetic_eval_size
@@ -194,13 +201,16 @@ class ProblemDataModule(L.LightningDataModule):
         self._expected: dict[str, int] | None = None  # a loaded state's fingerprint, checked in setup
 
     def _load(self, name: str, source: str | None, split: str | None, limit: int | None, train: bool) -> list[Problem]:
+        columns = self.train_columns if train else self.eval_columns.get(name)
         if name == "synthetic" and source is None:
             size = self.synthetic_size if train else self.synthetic_eval_size
             split = split or ("train" if train else "test")
             size = min(size, limit) if limit else size
             return generate_synthetic(size, levels=self.synthetic_levels, seed=self.seed, split=split)
-        split = split or (None if train else EVAL_SPLITS.get(name))
-        return load_problems(name, source=source, split=split, limit=limit, on_bad_row=self.on_bad_row, seed=self.seed)
+        split = split or (None if train or columns else EVAL_SPLITS.get(name))
+        return load_problems(
+            name, source=source, split=split, limit=limit, on_bad_row=self.on_bad_row, seed=self.seed, columns=columns
+        )
 
     def setup(self, stage: str | None = None) -> None:
         """Load the train set (for ``fit``); evaluation sets load on first use (``eval_sets``)."""
@@ -301,3 +311,27 @@ class ProblemDataModule(L.LightningDataModule):
                 f"the saved data position was for {expected}, but this run has {self._fingerprint()}: "
                 "a resumed run would not see the same batches; keep the data settings or start afresh"
             )
+
+
+def _check_sources(
+    train_set: str,
+    train_source: str | None,
+    train_columns: ColumnMapping | None,
+    eval_sets: Sequence[str],
+    eval_sources: dict[str, str],
+    eval_columns: dict[str, ColumnMapping],
+) -> None:
+    """Refuse, in one line and before anything loads, names that do not resolve and files that are not there."""
+    if unknown := set(eval_sources) - set(eval_sets):
+        raise ValueError(f"eval_sources names sets not in eval_sets {list(eval_sets)}: {sorted(unknown)}")
+    if unknown := set(eval_columns) - set(eval_sets):
+        raise ValueError(f"eval_columns names sets not in eval_sets {list(eval_sets)}: {sorted(unknown)}")
+    own = [(train_set, train_source, train_columns, "train_source")]
+    own += [(name, eval_sources.get(name), eval_columns.get(name), f"eval_sources[{name!r}]") for name in eval_sets]
+    for name, source, columns, setting in own:
+        if columns is None:
+            check_name(name)
+        elif source is None:
+            raise ValueError(f"{name!r} is read by a column mapping, so it needs {setting}: a local file or Hub id")
+        if source is not None:
+            check_source(source)
