@@ -221,3 +221,22 @@ def test_hub_id_offline_fails_with_advice(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(RuntimeError, match=r"'HuggingFaceH4/MATH-500' \(config=None, split='test'\).*local"):
         load_problems("math500")
+
+
+def test_hub_rows_are_0_based_and_configs_read_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets")
+    calls: list[tuple[str, str | None, str]] = []
+
+    def load_dataset(source: str, config: str | None, split: str) -> list[dict[str, str]]:
+        calls.append((source, config, split))
+        return [{"question": f"{config} q{i}", "answer": "1"} for i in range(2)]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    problems = load_problems("aime25", source="opencompass/AIME2025")
+    assert calls == [("opencompass/AIME2025", "AIME2025-I", "test"), ("opencompass/AIME2025", "AIME2025-II", "test")]
+    assert [p.id for p in problems] == ["aime25-0", "aime25-1", "aime25-2", "aime25-3"]
+    assert problems[2].prompt == "AIME2025-II q0"
+    calls.clear()
+    with pytest.raises(ValueError, match=r"^openai/gsm8k row 0: malformed field 'answer': no final answer"):
+        load_problems("gsm8k", split="test")
+    assert calls == [("openai/gsm8k", "main", "test")]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -187,6 +188,12 @@ class ProblemDataModule(L.LightningDataModule):
         if prompts_per_step < 1:
             raise ValueError(f"prompts_per_step must be >= 1, got {prompts_per_step}")
         self.save_hyperparameters()
+        # Mappings as plain dicts in the hparams that checkpoints carry, so that a checkpoint still
+        # loads under torch.load(weights_only=True), which refuses classes it was not told about.
+        self.hparams.update(
+            train_columns=asdict(train_columns) if train_columns else None,
+            eval_columns={name: asdict(columns) for name, columns in (eval_columns or {}).items()} or None,
+        )
         self.train_set, self.train_source, self.train_split = train_set, train_source, train_split
         self.train_limit, self.eval_limit = train_limit, eval_limit
         self.eval_names, self.eval_sources = list(eval_sets), dict(eval_sources or {})
