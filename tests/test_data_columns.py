@@ -9,22 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
-import torch
 
-from lampo_pl.data import BadRowsWarning, ColumnMapping, Problem, load_problems
+from lampo_pl.data import BadRowsWarning, ColumnMapping, load_problems
 from lampo_pl.data.datamodule import ProblemDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "data"
 EXAMPLES = ROOT / "examples" / "data"
 SUMS = ColumnMapping(id="uid", question="q", answer="work", extract="gsm8k", solution="work", metadata=["topic"])
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 def write_jsonl(path: Path, rows: list[object]) -> str:
@@ -137,42 +130,6 @@ def test_cli_flags_parse_into_mappings(tmp_path: Path) -> None:
                      "--data.eval_columns", "{t: {metadata: [level]}}"], run=False)
     assert cli.datamodule.train_columns == dataclasses.replace(SUMS, metadata=[])
     assert cli.datamodule.eval_columns == {"t": ColumnMapping(metadata=["level"])}
-
-
-class _Recorder(L.LightningModule):
-    """Records each training batch's ids; one parameter so the optimizer has work."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.seen: list[list[str]] = []
-
-    def training_step(self, batch: list[Problem], batch_idx: int) -> torch.Tensor:
-        self.seen.append([problem.id for problem in batch])
-        return (self.weight - 1.0).pow(2).sum()
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-@pytest.mark.filterwarnings("ignore::UserWarning")  # Lightning's advice on workers and logging
-def test_a_run_on_own_data_resumes_from_its_checkpoint(tmp_path: Path) -> None:
-    # The mapping travels in the checkpoint's datamodule hparams: it must load under weights_only.
-    def fit(max_steps: int, ckpt_path: str | None = None) -> list[list[str]]:
-        data = ProblemDataModule(train_set="my_sums", train_source=str(EXAMPLES / "sums.jsonl"), train_columns=SUMS,
-                                 prompts_per_step=2, eval_sets=())
-        checkpoint = L.pytorch.callbacks.ModelCheckpoint(tmp_path, every_n_train_steps=1, save_top_k=-1)
-        trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, callbacks=[checkpoint],
-                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-        recorder = _Recorder()
-        trainer.fit(recorder, datamodule=data, ckpt_path=ckpt_path)
-        return recorder.seen
-
-    head = fit(2)
-    saved = torch.load(next(tmp_path.glob("*step=2*.ckpt")), weights_only=True)
-    assert saved["datamodule_hyper_parameters"]["train_columns"]["question"] == "q"
-    tail = fit(3, ckpt_path=str(next(tmp_path.glob("*step=2*.ckpt"))))
-    assert len(tail) == 1 and tail[0][0].startswith("sums-") and tail[0] not in head
 
 
 @pytest.mark.filterwarnings("ignore")

@@ -13,11 +13,6 @@ from lampo_pl.data import BadRowsWarning, load_problems
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 def math500_line(i: int) -> bytes:
     return json.dumps({"unique_id": f"u{i}", "problem": f"What is {i} + 1?", "answer": str(i + 1)}).encode() + b"\n"
 

@@ -10,10 +10,11 @@ import lightning as L
 import pytest
 import torch
 
-from lampo_pl.data import Problem
+from lampo_pl.data import ColumnMapping, Problem
 from lampo_pl.data.datamodule import ProblemBatch, ProblemDataModule
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
+EXAMPLES = Path(__file__).parents[1] / "examples" / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +107,10 @@ class _Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def _fit(max_steps: int, root: Path, ckpt_path: str | None = None, every: int | None = None) -> list[list[str]]:
+def _fit(
+    max_steps: int, root: Path, ckpt_path: str | None = None, every: int | None = None,
+    data: ProblemDataModule | None = None,
+) -> list[list[str]]:
     callbacks = [L.pytorch.callbacks.ModelCheckpoint(root, every_n_train_steps=every, save_top_k=-1)] if every else []
     trainer = L.Trainer(
         max_steps=max_steps,
@@ -119,7 +123,7 @@ def _fit(max_steps: int, root: Path, ckpt_path: str | None = None, every: int | 
         default_root_dir=root,
     )
     recorder = _Recorder()
-    trainer.fit(recorder, datamodule=module(), ckpt_path=ckpt_path)
+    trainer.fit(recorder, datamodule=data or module(), ckpt_path=ckpt_path)
     return recorder.seen
 
 
@@ -197,3 +201,18 @@ def test_ranks_take_disjoint_slices_of_each_global_batch() -> None:
         assert not ids_a & ids_b
         # the two ranks' slices together are two consecutive single-process batches of the same order
         assert ids_a | ids_b == {k[2] for k in one[2 * step]} | {k[2] for k in one[2 * step + 1]}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Lightning's advice on workers and logging
+def test_a_run_on_own_data_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    # The mapping travels in the checkpoint's datamodule hparams: it must load under weights_only.
+    def own() -> ProblemDataModule:
+        columns = ColumnMapping(id="uid", question="q", answer="work", extract="gsm8k")
+        return ProblemDataModule(train_set="my_sums", train_source=str(EXAMPLES / "sums.jsonl"),
+                                 train_columns=columns, prompts_per_step=2, eval_sets=())
+
+    head = _fit(2, tmp_path, every=1, data=own())
+    checkpoint = next(tmp_path.glob("*step=2*.ckpt"))
+    assert torch.load(checkpoint, weights_only=True)["datamodule_hyper_parameters"]["train_columns"]["question"] == "q"
+    tail = _fit(3, tmp_path / "resumed", ckpt_path=str(checkpoint), data=own())
+    assert len(tail) == 1 and tail[0][0].startswith("sums-") and tail[0] not in head
