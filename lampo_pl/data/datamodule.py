@@ -31,8 +31,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lampo_pl.data.columns import ColumnMapping
 from lampo_pl.data.record import Problem
-from lampo_pl.data.registry import EVAL_SPLITS, check_name, load_problems
-from lampo_pl.data.sources import OnBadRow, check_source
+from lampo_pl.data.registry import EVAL_SPLITS, check_sources, load_problems
+from lampo_pl.data.sources import OnBadRow
 from lampo_pl.data.synthetic import LEVELS, generate_synthetic
 
 BatchKey = tuple[int, int, int]  # (epoch, batch index, problem index)
@@ -184,7 +184,7 @@ class ProblemDataModule(L.LightningDataModule):
                 problems cycle through, for training and evaluation alike.
         """
         super().__init__()
-        _check_sources(train_set, train_source, train_columns, eval_sets, eval_sources or {}, eval_columns or {})
+        check_sources(train_set, train_source, train_columns, eval_sets, eval_sources or {}, eval_columns or {})
         if prompts_per_step < 1:
             raise ValueError(f"prompts_per_step must be >= 1, got {prompts_per_step}")
         self.save_hyperparameters()
@@ -319,26 +319,3 @@ class ProblemDataModule(L.LightningDataModule):
                 "a resumed run would not see the same batches; keep the data settings or start afresh"
             )
 
-
-def _check_sources(
-    train_set: str,
-    train_source: str | None,
-    train_columns: ColumnMapping | None,
-    eval_sets: Sequence[str],
-    eval_sources: dict[str, str],
-    eval_columns: dict[str, ColumnMapping],
-) -> None:
-    """Refuse, in one line and before anything loads, names that do not resolve and files that are not there."""
-    if unknown := set(eval_sources) - set(eval_sets):
-        raise ValueError(f"eval_sources names sets not in eval_sets {list(eval_sets)}: {sorted(unknown)}")
-    if unknown := set(eval_columns) - set(eval_sets):
-        raise ValueError(f"eval_columns names sets not in eval_sets {list(eval_sets)}: {sorted(unknown)}")
-    own = [(train_set, train_source, train_columns, "train_source")]
-    own += [(name, eval_sources.get(name), eval_columns.get(name), f"eval_sources[{name!r}]") for name in eval_sets]
-    for name, source, columns, setting in own:
-        if columns is None:
-            check_name(name)
-        elif source is None:
-            raise ValueError(f"{name!r} is read by a column mapping, so it needs {setting}: a local file or Hub id")
-        if source is not None:
-            check_source(source)

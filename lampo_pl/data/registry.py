@@ -21,11 +21,13 @@ With ``columns`` (a ``ColumnMapping``), any name is a set of the user's own, rea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from lampo_pl.data import aime24, aime25, champ, gpqa, gsm8k, math500, math_train, synthetic
 from lampo_pl.data.benchmark import Benchmark
 from lampo_pl.data.columns import ColumnMapping
 from lampo_pl.data.record import Problem
-from lampo_pl.data.sources import OnBadRow
+from lampo_pl.data.sources import OnBadRow, check_source
 
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
@@ -45,6 +47,30 @@ def check_name(name: str) -> None:
             f"unknown problem set {name!r}; valid names: {', '.join(NAMES)} "
             "(or give columns to read a file or Hub dataset of your own)"
         )
+
+
+def check_sources(
+    train_set: str,
+    train_source: str | None,
+    train_columns: ColumnMapping | None,
+    eval_sets: Sequence[str],
+    eval_sources: dict[str, str],
+    eval_columns: dict[str, ColumnMapping],
+) -> None:
+    """Refuse, in one line and before anything loads, names that do not resolve and files that are not there."""
+    if unknown := set(eval_sources) - set(eval_sets):
+        raise ValueError(f"eval_sources names sets not in eval_sets {list(eval_sets)}: {sorted(unknown)}")
+    if unknown := set(eval_columns) - set(eval_sets):
+        raise ValueError(f"eval_columns names sets not in eval_sets {list(eval_sets)}: {sorted(unknown)}")
+    sets = [(train_set, train_source, train_columns, "train_source")]
+    sets += [(name, eval_sources.get(name), eval_columns.get(name), f"eval_sources[{name!r}]") for name in eval_sets]
+    for name, source, columns, setting in sets:
+        if columns is None:
+            check_name(name)
+        elif source is None:
+            raise ValueError(f"{name!r} is read by a column mapping, so it needs {setting}: a local file or Hub id")
+        if source is not None:
+            check_source(source)
 
 
 def load_problems(
