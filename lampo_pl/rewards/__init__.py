@@ -14,7 +14,6 @@ from lampo_pl.rewards.compose import (
     RewardBatch,
     RewardName,
     RewardSpec,
-    default_reward_specs,
     score_responses,
 )
 from lampo_pl.rewards.extraction import MathExtraction, extract_math_answer
@@ -35,7 +34,6 @@ __all__ = [
     "RewardName",
     "RewardSpec",
     "choice_reward",
-    "default_reward_specs",
     "extract_choice",
     "extract_math_answer",
     "format_reward",

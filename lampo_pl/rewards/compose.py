@@ -63,14 +63,6 @@ class RewardBatch:
     diagnostics: dict[str, float]
 
 
-def default_reward_specs(alpha: float) -> list[RewardSpec]:
-    """correctness + α·density, the LamPO default; density is omitted when ``alpha == 0``."""
-    specs = [RewardSpec("correctness", 1.0)]
-    if alpha != 0:
-        specs.append(RewardSpec("density", alpha))
-    return specs
-
-
 def _correctness(
     responses: Sequence[str], problems: Sequence[Problem], timeout_s: float
 ) -> tuple[list[float], dict[str, float]]:
