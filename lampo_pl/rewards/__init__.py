@@ -5,6 +5,7 @@
 - `choice_reward` / `grade_choice`: the chosen letter of a multiple-choice (GPQA) response.
 - `format_reward`: closed reasoning block (thinking templates) and a ``\\boxed{}`` answer.
 - `rouge_l` / `semantic_density`: ROUGE-L F, identical to rouge-score's ``rougeL``, bit-parallel.
+- `CustomReward`: a user's TRL-style reward function, bounded in time in a child process.
 - `score_responses`: the weighted composition the training loop calls.
 """
 
@@ -16,6 +17,7 @@ from lampo_pl.rewards.compose import (
     RewardSpec,
     score_responses,
 )
+from lampo_pl.rewards.custom import CustomReward, check_custom_rewards
 from lampo_pl.rewards.extraction import MathExtraction, extract_math_answer
 from lampo_pl.rewards.format import format_reward, has_expected_format
 from lampo_pl.rewards.math_grading import GradeStatus, MathGrades, grade_math, math_reward
@@ -26,6 +28,7 @@ from lampo_pl.rewards.verifier import MathVerifier, shared_verifier
 __all__ = [
     "REWARD_NAMES",
     "ChoiceGrades",
+    "CustomReward",
     "GradeStatus",
     "MathExtraction",
     "MathGrades",
@@ -33,6 +36,7 @@ __all__ = [
     "RewardBatch",
     "RewardName",
     "RewardSpec",
+    "check_custom_rewards",
     "choice_reward",
     "extract_choice",
     "extract_math_answer",
