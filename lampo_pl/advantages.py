@@ -96,13 +96,14 @@ def group_centred(grouped: Tensor) -> Tensor:
     return shifted - shifted.mean(dim=1, keepdim=True)  # [B, G]
 
 
-def group_std(centred: Tensor) -> Tensor:
-    """Sample std (Bessel-corrected, as TRL and verl use) per group, ``[B, G] -> [B, 1]``.
+def group_std(grouped: Tensor) -> Tensor:
+    """Sample std (Bessel-corrected, as TRL and verl use) per group, ``[B, G] -> [B, 1]`` in float64.
 
-    Takes the output of :func:`group_centred`, so an all-equal group has std exactly 0. A group
-    of one response has no spread; its std is defined as 0 (not NaN) so that every estimator
-    gives it a zero advantage.
+    From :func:`group_centred`, so an all-equal group has std exactly 0. A group of one response
+    has no spread; its std is defined as 0 (not NaN) so that every estimator gives it a zero
+    advantage.
     """
+    centred = group_centred(grouped)  # [B, G]
     g = centred.shape[1]
     if g == 1:
         return torch.zeros_like(centred)  # [B, 1]
@@ -111,8 +112,8 @@ def group_std(centred: Tensor) -> Tensor:
 
 def grpo(rewards: Tensor, group_size: int) -> Tensor:
     """GRPO (Shao et al. 2024, DeepSeekMath §4.1.2): ``A_i = (r_i − mean(r)) / (std(r) + eps)``."""
-    centred = group_centred(group_rewards(rewards, group_size))  # [B, G] float64
-    return (centred / (group_std(centred) + EPS)).flatten().to(rewards.dtype)  # [B*G]
+    r = group_rewards(rewards, group_size)  # [B, G]
+    return (group_centred(r) / (group_std(r) + EPS)).flatten().to(rewards.dtype)  # [B*G]
 
 
 def dr_grpo(rewards: Tensor, group_size: int) -> Tensor:
@@ -206,7 +207,7 @@ def lampo(
     reward_gap = r64[:, :, None] - r64[:, None, :]  # [B, G, G] exactly 0 between equal rewards
     adv = (2.0 / group_size) * (w * reward_gap).sum(dim=2)  # [B, G]
     if scale == "group_std":
-        adv = adv / (group_std(group_centred(r)) + EPS)  # [B, G]
+        adv = adv / (group_std(r) + EPS)  # [B, G]
     return AdvantageOutput(adv.flatten().to(rewards.dtype), w.to(rewards.dtype))  # [B*G], [B, G, G]
 
 
