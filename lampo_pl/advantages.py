@@ -75,40 +75,62 @@ def group_rewards(rewards: Tensor, group_size: int) -> Tensor:
     return rewards.view(-1, group_size)  # [B, G]
 
 
-def group_std(grouped: Tensor) -> Tensor:
-    """Sample std (Bessel-corrected, as TRL and verl use) per group, ``[B, G] -> [B, 1]``.
+def _work_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the group statistics, except on MPS, which has no float64 (float32 there)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
-    A group of one response has no spread; its std is defined as 0 (not NaN) so that every
-    estimator gives it a zero advantage.
+
+def group_centred(grouped: Tensor) -> Tensor:
+    """``r_i − mean(r)`` per group, ``[B, G] -> [B, G]`` in float64 (float32 on MPS).
+
+    Exactly 0 for a group whose rewards are all equal, whatever their value and dtype (issue 12
+    item 1). A float32 mean of G equal non-round rewards can be off by one unit in the last place,
+    leaving every response a common ±1e-7 that GRPO's ~1e-8 std blows up into an advantage of
+    ~0.1. Two steps rule that out: (1) float64 sums of float32/bfloat16/float16 values are exact;
+    (2) the group is shifted by its first reward before averaging (the shifted-data algorithm for
+    the variance, Chan, Golub & LeVeque 1983), so an all-equal group averages exact zeros in any
+    dtype, float64 included. Algebraically ``(r − r_0) − mean(r − r_0) = r − mean(r)``.
     """
-    if grouped.shape[1] == 1:
-        return torch.zeros_like(grouped)  # [B, 1]
-    return grouped.std(dim=1, keepdim=True)  # [B, 1]
+    x = grouped.to(_work_dtype(grouped.device))  # [B, G]
+    shifted = x - x[:, :1]  # [B, G] exactly 0 where r_i == r_0
+    return shifted - shifted.mean(dim=1, keepdim=True)  # [B, G]
+
+
+def group_std(grouped: Tensor) -> Tensor:
+    """Sample std (Bessel-corrected, as TRL and verl use) per group, ``[B, G] -> [B, 1]`` in float64.
+
+    From :func:`group_centred`, so an all-equal group has std exactly 0. A group of one response
+    has no spread; its std is defined as 0 (not NaN) so that every estimator gives it a zero
+    advantage.
+    """
+    centred = group_centred(grouped)  # [B, G]
+    g = centred.shape[1]
+    if g == 1:
+        return torch.zeros_like(centred)  # [B, 1]
+    return (centred.square().sum(dim=1, keepdim=True) / (g - 1)).sqrt()  # [B, 1]
 
 
 def grpo(rewards: Tensor, group_size: int) -> Tensor:
     """GRPO (Shao et al. 2024, DeepSeekMath §4.1.2): ``A_i = (r_i − mean(r)) / (std(r) + eps)``."""
     r = group_rewards(rewards, group_size)  # [B, G]
-    centred = r - r.mean(dim=1, keepdim=True)  # [B, G]
-    return (centred / (group_std(r) + EPS)).flatten()  # [B*G]
+    return (group_centred(r) / (group_std(r) + EPS)).flatten().to(rewards.dtype)  # [B*G]
 
 
 def dr_grpo(rewards: Tensor, group_size: int) -> Tensor:
     """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training" §3.2): ``A_i = r_i − mean(r)``."""
-    r = group_rewards(rewards, group_size)  # [B, G]
-    return (r - r.mean(dim=1, keepdim=True)).flatten()  # [B*G]
+    return group_centred(group_rewards(rewards, group_size)).flatten().to(rewards.dtype)  # [B*G]
 
 
 def rloo(rewards: Tensor, group_size: int) -> Tensor:
     """RLOO (Ahmadian et al. 2024): ``A_i = r_i − mean_{j≠i} r_j = G/(G−1) · (r_i − mean(r))``.
 
-    With G = 1 there is no peer to leave out; the advantage is 0.
+    The right-hand form (verl's ``compute_rloo_outcome_advantage`` writes it so too) keeps an
+    all-equal group at exactly 0. With G = 1 there is no peer to leave out; the advantage is 0.
     """
-    r = group_rewards(rewards, group_size)  # [B, G]
+    centred = group_centred(group_rewards(rewards, group_size))  # [B, G] float64
     if group_size == 1:
         return torch.zeros_like(rewards)  # [B*G]
-    leave_one_out = (r.sum(dim=1, keepdim=True) - r) / (group_size - 1)  # [B, G] mean of the peers
-    return (r - leave_one_out).flatten()  # [B*G]
+    return (centred * (group_size / (group_size - 1))).flatten().to(rewards.dtype)  # [B*G]
 
 
 def confidence_scores(logprobs: Tensor, mask: Tensor, mode: ConfidenceScore = "mean") -> Tensor:
@@ -178,13 +200,15 @@ def lampo(
     if not torch.isfinite(seq_scores).all():
         bad = (~torch.isfinite(seq_scores)).nonzero().flatten().tolist()[:16]
         raise ValueError(f"seq_scores must be finite; non-finite at rows {bad}")
-    s = seq_scores.to(r.dtype).view_as(r)  # [B, G]
-    w = lampo_pair_weights(r, s, tau)  # [B, G, G]
-    reward_gap = r[:, :, None] - r[:, None, :]  # [B, G, G]
+    # Gaps and weights in float64 (as group_centred): a bfloat16 r_i − r_j or score gap would round.
+    r64 = r.to(_work_dtype(r.device))  # [B, G]
+    s = seq_scores.to(r64.dtype).view_as(r64)  # [B, G]
+    w = lampo_pair_weights(r64, s, tau)  # [B, G, G]
+    reward_gap = r64[:, :, None] - r64[:, None, :]  # [B, G, G] exactly 0 between equal rewards
     adv = (2.0 / group_size) * (w * reward_gap).sum(dim=2)  # [B, G]
     if scale == "group_std":
         adv = adv / (group_std(r) + EPS)  # [B, G]
-    return AdvantageOutput(adv.flatten(), w)  # [B*G], [B, G, G]
+    return AdvantageOutput(adv.flatten().to(rewards.dtype), w.to(rewards.dtype))  # [B*G], [B, G, G]
 
 
 def estimate_advantages(

@@ -32,7 +32,7 @@ from lampo_pl.losses import aggregate, clipped_policy_loss, sequence_coefficient
 from lampo_pl.metrics import mean_loss_stats
 from lampo_pl.optim import build_optimizer, build_scheduler
 from lampo_pl.policy import load_policy, reference_adapter, trainable_parameters
-from lampo_pl.rewards import RewardBatch, RewardSpec, score_responses
+from lampo_pl.rewards import RewardBatch, RewardSpec, check_custom_rewards, score_responses
 from lampo_pl.rollout import Rollout, SamplingParams, generate_rollout
 from lampo_pl.settings import LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs
 from lampo_pl.step_metrics import OptimResult, StepRecord, step_metrics
@@ -92,6 +92,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold only the adapters and λ, never the frozen base
         check_batch_shape(prompts_per_step, group_size, self.optim.micro_batch_size, self.method.num_iterations)
+        check_custom_rewards(self.reward_args.custom)  # an unknown import path fails here, before any model loads
         self.lam = nn.Parameter(torch.tensor(float(self.method.lambda_init))) if self.uses_lambda else None
         self.policy_model: nn.Module | None = None
         self.tokenizer: Any = None
@@ -179,8 +180,10 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         return rollout, [q for q in batch for _ in range(self.group_size)]
 
     def score(self, rollout: Rollout, problems: list[Problem]) -> RewardBatch:
-        thinking = bool(self.prompt.enable_thinking)
-        return score_responses(rollout.texts, problems, self.reward_specs(), thinking=thinking)
+        thinking, custom = bool(self.prompt.enable_thinking), self.reward_args.custom
+        ids = [r[: int(n)].tolist() for r, n in zip(rollout.response_ids, rollout.response_lengths, strict=True)]
+        return score_responses(rollout.texts, problems, self.reward_specs(), thinking=thinking, custom=custom,
+                               completion_ids=ids if custom else None, step=self.global_step)
 
     def loss_mask(self, rollout: Rollout, keep: Tensor | None) -> Tensor:
         """``[N, L]`` tokens that count in the loss: DAPO overlong masking drops truncated rows,

@@ -11,6 +11,7 @@ from typing import Literal
 
 from lampo_pl.advantages import AdvantageScale, ConfidenceScore, Estimator
 from lampo_pl.losses import H_MIN, R_LEN, AggregationMode, KLEstimator
+from lampo_pl.rewards.custom import CustomReward
 
 
 @dataclass
@@ -120,11 +121,13 @@ class RewardArgs:
         correctness: Weight of the verifiable outcome reward (math-verify / choice letter).
         density: Weight α of the ROUGE-L semantic-density reward (0 disables it).
         format: Weight of the format reward (closed reasoning block and a boxed answer).
+        custom: Your own TRL-style reward functions: [{function: my_module.my_reward, weight: 0.5}, ...].
     """
 
     correctness: float = 1.0
     density: float = 0.0
     format: float = 0.0
+    custom: tuple[CustomReward, ...] = ()
 
 
 @dataclass

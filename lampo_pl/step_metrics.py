@@ -110,7 +110,7 @@ def step_metrics(
         "skipped_steps": float(skipped_steps),
         "tokens_per_s": float(lengths.sum()) / gen_s if gen_s > 0 else math.nan,
     }
-    metrics |= {f"reward_{k}": float(torch.tensor(v).mean()) for k, v in scored.components.items()}
+    metrics |= {f"reward_{k}": float(torch.tensor(v).nanmean()) for k, v in scored.components.items()}  # NaN: None
     metrics |= {f"reward_diag/{k}": float(v) for k, v in scored.diagnostics.items()}
     metrics |= algo_metrics(rewards, adv, result, group_size, lam).as_dict()
     metrics |= {f"time/{k}_s": v for k, v in phases.seconds.items()}

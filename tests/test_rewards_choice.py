@@ -47,6 +47,71 @@ def test_extract_choice(response: str, letter: str | None) -> None:
     assert extract_choice(response) == letter
 
 
+THINK = "<think>\nLet me weigh each option. A fails the symmetry test; B and D ignore the 2:1 ratio.\n</think>\n\n"
+
+# How reasoning models (DeepSeek-R1, Qwen3, QwQ, Phi-4-mini) state a GPQA answer, and the letter
+# each one chooses. Option texts hold capitals of their own (issue 12 item 4).
+GPQA_STYLES = [
+    # boxed letter, with or without the option's text
+    (THINK + "The correct answer is \\boxed{C}.", "C"),
+    (THINK + "**Final Answer**\n\\boxed{C}", "C"),
+    (THINK + "**Final Answer**\n\n\\[\n\\boxed{C}\n\\]", "C"),
+    (THINK + "\\boxed{C) A 2:1 mixture of enantiomers}", "C"),
+    (THINK + "\\boxed{D) D-glucose}", "D"),
+    (THINK + "\\boxed{B. The reaction is under Kinetic control}", "B"),
+    (THINK + "\\boxed{A: A and B are both isomers}", "A"),
+    (THINK + "\\boxed{Option C}", "C"),
+    (THINK + "\\boxed{(c)}", "C"),
+    # \text{} / \textbf{} / \mathrm{} inside the box
+    (THINK + "\\boxed{\\text{C) A 2:1 mixture}}", "C"),
+    (THINK + "\\boxed{\\textbf{(B)} 4.2 eV}", "B"),
+    (THINK + "\\boxed{\\text{(A) } A\\ 2:1\\text{ mixture}}", "A"),
+    (THINK + "$\\boxed{\\mathrm{D}}$", "D"),
+    (THINK + "Final Answer: The final answer is $\\boxed{\\text{C}}$. I hope it is correct.", "C"),
+    # bold "Final Answer" and "Answer: (D) ..." without a box
+    (THINK + "**Final Answer:** **C** — the 2:1 mixture", "C"),
+    (THINK + "**Final Answer**\n\n**(C)**", "C"),
+    (THINK + "**Answer: (D) 10^{-4} M**", "D"),
+    (THINK + "Answer: (D) Both A and B", "D"),
+    (THINK + "Answer: (D) D-glucose", "D"),
+    (THINK + "The answer is **(B) 4.2 eV**.", "B"),
+    (THINK + "ANSWER: C", "C"),
+    (THINK + "The correct answer choice is A.", "A"),
+    (THINK + "Among the options, A and B are incorrect, so the correct answer is D.", "D"),
+    # second thoughts after a first guess: the final statement counts
+    (THINK + "Answer: B\n\nWait, the stereocentre inverts. Actually, the answer is C.", "C"),
+    (THINK + "\\boxed{B}\n\nHmm, wait. Reconsidering the symmetry, the answer is (C).", "C"),
+    (THINK + "My first guess was \\boxed{A}, but after checking the units: \\boxed{C}.", "C"),
+    (THINK + "The answer is A.\n\nOn reflection:\n\n\\boxed{D}", "D"),
+    # an explanation after the box is no new answer
+    (THINK + "\\boxed{C}\n\nNote: answer choice A would be wrong because it ignores the ratio.", "C"),
+    (THINK + "\\boxed{C}\n\nThe correct answer is not A: A ignores the ratio.", "C"),
+    # a lower-case letter with more in the box is a variable, not an option
+    (THINK + "\\boxed{b = 5}", None),
+    (THINK + "We get \\boxed{b = 5}, so the answer is (A).", "A"),
+    # hedges: no answer
+    (THINK + "The answer is either B or C.", None),
+    (THINK + "\\boxed{B or C}", None),
+    (THINK + "\\boxed{B} or \\boxed{C}", None),
+    (THINK + "$\\boxed{B}$ or $\\boxed{C}$", None),
+    (THINK + "The answer is B (or possibly C).", None),
+    (THINK + "Answer: **A** or **B**", None),
+    (THINK + "I'd go with B, but C is also plausible.", None),
+    # option text without its letter, truncation
+    (THINK + "\\boxed{D-glucose}", None),
+    (THINK + "Answer: D-glucose", None),
+    (THINK + "The answer is C.\n\n\\boxed{C", None),
+    ("<think>\nThe ratio is 2:1, so the answer is \\boxed{C}", None),
+]
+
+
+@pytest.mark.parametrize(("response", "letter"), GPQA_STYLES, ids=[c[0].removeprefix(THINK)[:48] for c in GPQA_STYLES])
+def test_gpqa_answer_styles(response: str, letter: str | None) -> None:
+    assert extract_choice(response) == letter
+    if letter is not None:  # graded: the key scores 1, any other letter 0
+        assert grade_choice([response, response], [letter, "A" if letter != "A" else "B"]).scores == [1.0, 0.0]
+
+
 def test_more_letters_when_configured() -> None:
     assert extract_choice("answer: E", letters="ABCDE") == "E"
 

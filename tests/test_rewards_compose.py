@@ -1,4 +1,4 @@
-"""Reward composition: weights, components, default specs, dispatch on kind, missing solutions."""
+"""Reward composition: weights, components, dispatch on kind, missing solutions."""
 
 from __future__ import annotations
 
@@ -10,19 +10,14 @@ from lampo_pl.data.record import Problem
 from lampo_pl.rewards import (
     REWARD_NAMES,
     RewardSpec,
-    default_reward_specs,
     rouge_l,
     score_responses,
 )
 
 MATH = Problem(id="m", prompt="What is 1/2?", answer="0.5", solution="one half is zero point five")
 MATH_NO_SOLUTION = Problem(id="m2", prompt="What is 2+2?", answer="4")
+CORRECTNESS = [RewardSpec("correctness", 1.0)]
 CHOICE = Problem(id="c", prompt="Pick", answer="B", kind="choice", choices=("1", "2", "3", "4"))
-
-
-def test_default_specs() -> None:
-    assert default_reward_specs(0.0) == [RewardSpec("correctness", 1.0)]
-    assert default_reward_specs(0.3) == [RewardSpec("correctness", 1.0), RewardSpec("density", 0.3)]
 
 
 def test_weights_and_unweighted_components() -> None:
@@ -50,7 +45,7 @@ def test_correct_is_computed_even_without_a_correctness_spec() -> None:
 def test_dispatch_on_kind() -> None:
     responses = ["\\boxed{\\frac{1}{2}}", "The answer is (B).", "\\boxed{\\frac{1}{2}}", "The answer is (B)."]
     problems = [MATH, CHOICE, CHOICE, MATH]
-    batch = score_responses(responses, problems, default_reward_specs(0.0))
+    batch = score_responses(responses, problems, CORRECTNESS)
     # math-verify equivalence for math (1/2 = 0.5), letters for choice; crossed pairs fail.
     assert batch.correct == [1.0, 1.0, 0.0, 0.0]
     assert batch.diagnostics["choice_no_answer"] == 1.0  # "\boxed{\frac{1}{2}}" names no letter
@@ -59,14 +54,14 @@ def test_dispatch_on_kind() -> None:
 
 def test_density_is_zero_and_counted_without_a_solution() -> None:
     responses = ["one half is zero point five", "one half is zero point five"]
-    batch = score_responses(responses, [MATH, MATH_NO_SOLUTION], default_reward_specs(1.0))
+    batch = score_responses(responses, [MATH, MATH_NO_SOLUTION], [*CORRECTNESS, RewardSpec("density", 1.0)])
     assert batch.components["density"][0] == 1.0
     assert batch.components["density"][1] == 0.0
     assert batch.diagnostics["density_missing_solution"] == 1.0
 
 
 def test_diagnostics_keys() -> None:
-    batch = score_responses(["\\boxed{7+7}"], [MATH], default_reward_specs(0.1))
+    batch = score_responses(["\\boxed{7+7}"], [MATH], [*CORRECTNESS, RewardSpec("density", 0.1)])
     assert batch.diagnostics["math_echoes"] == 1.0
     assert {"math_timeouts", "math_parse_failures", "math_errors", "density_missing_solution"} <= set(batch.diagnostics)
 
@@ -85,9 +80,9 @@ def test_duplicate_reward_names_are_rejected() -> None:
 def test_unknown_problem_kind_and_length_mismatch() -> None:
     code = Problem(id="k", prompt="p", answer="a", kind="code")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="code"):
-        score_responses(["x"], [code], default_reward_specs(0.0))
+        score_responses(["x"], [code], CORRECTNESS)
     with pytest.raises(ValueError, match="2 responses and 1 problems"):
-        score_responses(["x", "y"], [MATH], default_reward_specs(0.0))
+        score_responses(["x", "y"], [MATH], CORRECTNESS)
 
 
 def test_a_training_batch_is_fast() -> None:
@@ -99,8 +94,9 @@ def test_a_training_batch_is_fast() -> None:
         for _ in range(8)
         for g in range(8)
     ]
-    score_responses(responses[:1], problems[:1], default_reward_specs(0.1))  # worker start-up
+    specs = [*CORRECTNESS, RewardSpec("density", 0.1)]
+    score_responses(responses[:1], problems[:1], specs)  # worker start-up
     start = time.monotonic()
-    batch = score_responses(responses, [p for p in problems for _ in range(8)], default_reward_specs(0.1))
+    batch = score_responses(responses, [p for p in problems for _ in range(8)], specs)
     assert time.monotonic() - start < 5.0
     assert sum(batch.correct) == 8  # response g of problem b is right when g == b

@@ -72,7 +72,8 @@ def test_extraction_takes_the_final_stated_value(response: str, value: str | Non
 
 def test_last_boxed_handles_unbalanced_and_escaped_braces() -> None:
     assert last_boxed("\\boxed{\\left\\{ x \\right.}") == "\\left\\{ x \\right."
-    assert last_boxed("\\boxed{1} \\boxed{2") == "1"
+    assert last_boxed("\\boxed{1} \\boxed{2") is None  # the last box counts; unclosed = truncated
+    assert last_boxed("so $\\boxed 5$.") == "5" and last_boxed("\\fbox{7}") == "7"
     assert last_boxed("no box") is None
 
 

@@ -13,7 +13,7 @@ names its columns, e.g. for a file with rows ``{"uid": "q1", "q": "What is 2+3?"
 
 The answer extractions are the built-in sets' own, so a file in their format reads as they do:
 ``gsm8k`` is GSM8K's (``gsm8k.split_answer``: the text after the last ``####``, commas removed;
-Cobbe et al. 2021), ``boxed`` is MATH's (``math_train.last_boxed``: the content of the last
+Cobbe et al. 2021), ``boxed`` is MATH's (``rewards.extraction.last_boxed``: the content of the last
 ``\boxed{}``, braces matched; Hendrycks et al. 2021), ``as_is`` takes the column's text
 (numbers as written, ``42.0`` -> ``"42"``). When ``solution`` names the answer column itself,
 ``gsm8k`` keeps the text before ``####`` without calculator annotations, as the GSM8K set does.
@@ -28,9 +28,9 @@ from typing import Literal
 
 from lampo_pl.data.benchmark import Benchmark, RowFunction, RowInfo
 from lampo_pl.data.gsm8k import split_answer
-from lampo_pl.data.math_train import last_boxed
 from lampo_pl.data.record import Problem, ProblemKind
 from lampo_pl.data.sources import BadRowError, Row, optional_text, required_text
+from lampo_pl.rewards.extraction import last_boxed
 
 Extract = Literal["as_is", "gsm8k", "boxed"]
 CHOICE_LETTERS = "ABCD"  # what the choice grader accepts (lampo_pl/rewards/choice.py)

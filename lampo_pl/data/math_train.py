@@ -22,44 +22,14 @@ from __future__ import annotations
 from lampo_pl.data.benchmark import Benchmark, RowInfo
 from lampo_pl.data.record import Problem
 from lampo_pl.data.sources import BadRowError, Row, optional_text, required_text
-
-BOX_COMMANDS = ("\\boxed", "\\fbox")
-
-
-def last_boxed(text: str) -> str | None:
-    r"""The content of the last ``\boxed{...}`` / ``\fbox{...}`` in ``text``, or ``None``.
-
-    Braces are matched (escaped ``\{``/``\}`` do not count); ``\boxed 5`` (no braces) gives the
-    token up to the next space or ``$``.
-    """
-    start = max(text.rfind(command) for command in BOX_COMMANDS)
-    if start < 0:
-        return None
-    command = next(command for command in BOX_COMMANDS if text.startswith(command, start))
-    body = text[start + len(command) :]
-    if body.startswith(" "):
-        token = body.strip().split("$")[0].split()
-        return token[0] if token else None
-    if not body.startswith("{"):
-        return None
-    depth, i = 0, 0
-    while i < len(body):
-        char = body[i]
-        if char == "\\":
-            i += 2
-            continue
-        depth += {"{": 1, "}": -1}.get(char, 0)
-        if depth == 0:
-            return body[1:i].strip() or None
-        i += 1
-    return None  # unbalanced
+from lampo_pl.rewards.extraction import last_boxed  # one box rule for references and responses (issue 14)
 
 
 def to_problem(row: Row, at: RowInfo) -> Problem:
     """One MATH row as a ``Problem`` (id: ``math-<split>-<row index>``; the set has no ids)."""
     solution = required_text(row, "solution")
     answer = last_boxed(solution)
-    if answer is None:
+    if not answer:
         raise BadRowError("malformed field 'solution': no complete \\boxed{} final answer")
     level = optional_text(row, "level")
     return Problem(

@@ -5,6 +5,7 @@
 - `choice_reward` / `grade_choice`: the chosen letter of a multiple-choice (GPQA) response.
 - `format_reward`: closed reasoning block (thinking templates) and a ``\\boxed{}`` answer.
 - `rouge_l` / `semantic_density`: ROUGE-L F, identical to rouge-score's ``rougeL``, bit-parallel.
+- `CustomReward`: a user's TRL-style reward function, bounded in time in a child process.
 - `score_responses`: the weighted composition the training loop calls.
 """
 
@@ -14,9 +15,9 @@ from lampo_pl.rewards.compose import (
     RewardBatch,
     RewardName,
     RewardSpec,
-    default_reward_specs,
     score_responses,
 )
+from lampo_pl.rewards.custom import CustomReward, check_custom_rewards
 from lampo_pl.rewards.extraction import MathExtraction, extract_math_answer
 from lampo_pl.rewards.format import format_reward, has_expected_format
 from lampo_pl.rewards.math_grading import GradeStatus, MathGrades, grade_math, math_reward
@@ -27,6 +28,7 @@ from lampo_pl.rewards.verifier import MathVerifier, shared_verifier
 __all__ = [
     "REWARD_NAMES",
     "ChoiceGrades",
+    "CustomReward",
     "GradeStatus",
     "MathExtraction",
     "MathGrades",
@@ -34,8 +36,8 @@ __all__ = [
     "RewardBatch",
     "RewardName",
     "RewardSpec",
+    "check_custom_rewards",
     "choice_reward",
-    "default_reward_specs",
     "extract_choice",
     "extract_math_answer",
     "format_reward",

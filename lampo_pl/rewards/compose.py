@@ -6,17 +6,21 @@
 2. ``density`` is the ROUGE-L semantic density against ``Problem.solution``; 0 where the problem
    has no solution (counted as ``density_missing_solution``).
 3. ``format`` is `format_reward` with the chat template's thinking mode.
+4. Users' own functions (`CustomReward`, ``model.rewards.custom``) are called as TRL calls them
+   (`lampo_pl.rewards.custom`); a ``None`` (NaN) value is left out of the sum, as TRL's ``nansum``.
 Components are reported unweighted, one list per configured name, so each can be logged.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 from lampo_pl.data.record import Problem
 from lampo_pl.rewards.choice import grade_choice
+from lampo_pl.rewards.custom import CustomReward, score_custom
 from lampo_pl.rewards.format import format_reward
 from lampo_pl.rewards.inputs import check_lengths
 from lampo_pl.rewards.math_grading import grade_math
@@ -50,7 +54,7 @@ class RewardBatch:
 
     Attributes:
         total: Σ_k weight_k · component_k, one per response.                   [N]
-        components: Unweighted values per configured reward name.             {name: [N]}
+        components: Unweighted values per configured reward name (NaN: None). {name: [N]}
         correct: The correctness component (0/1), always computed.           [N]
         diagnostics: Counts for the logs (``math_timeouts``, ``math_parse_failures``,
             ``math_no_answer``, ``math_echoes``, ``math_errors``, ``choice_no_answer``,
@@ -61,14 +65,6 @@ class RewardBatch:
     components: dict[str, list[float]]
     correct: list[float]
     diagnostics: dict[str, float]
-
-
-def default_reward_specs(alpha: float) -> list[RewardSpec]:
-    """correctness + α·density, the LamPO default; density is omitted when ``alpha == 0``."""
-    specs = [RewardSpec("correctness", 1.0)]
-    if alpha != 0:
-        specs.append(RewardSpec("density", alpha))
-    return specs
 
 
 def _correctness(
@@ -104,6 +100,9 @@ def score_responses(
     *,
     thinking: bool = False,
     timeout_s: float = 5.0,
+    custom: Sequence[CustomReward] = (),
+    completion_ids: Sequence[Sequence[int]] | None = None,
+    step: int | None = None,
 ) -> RewardBatch:
     """Score responses with the configured rewards (module docstring).
 
@@ -113,14 +112,17 @@ def score_responses(
         specs: The rewards and their weights, names unique.
         thinking: Whether the chat template is in thinking mode (`format_reward`).
         timeout_s: Time bound of one math-verify check (`grade_math`).
+        custom: Users' reward functions, each its own component (NaN where it returned None).
+        completion_ids: Token ids of each response, for ``custom`` (TRL's ``completion_ids``).
+        step: The optimiser step, for ``custom`` (``trainer_state.global_step``).
 
     Raises:
         ValueError: lengths differ, a reward name is unknown or repeated, or a problem kind is
             unknown — caller bugs. Grading failures never raise; they score 0 and are counted.
     """
     check_lengths(responses, problems, "responses", "problems")
-    names = [spec.name for spec in specs]
-    for name in names:
+    names = [spec.name for spec in specs] + [reward.key for reward in custom]
+    for name in names[: len(specs)]:
         if name not in REWARD_NAMES:
             raise ValueError(f"unknown reward {name!r}; valid rewards: {', '.join(REWARD_NAMES)}")
     if len(set(names)) != len(names):
@@ -136,5 +138,13 @@ def score_responses(
             diagnostics["density_missing_solution"] = float(solutions.count(None))
         else:
             components[name] = format_reward(responses, thinking=thinking)
-    total = [sum((spec.weight * components[spec.name][i] for spec in specs), 0.0) for i in range(len(responses))]
+    custom_components, custom_diagnostics = score_custom(custom, responses, problems,
+                                                         completion_ids=completion_ids, step=step)
+    components |= custom_components
+    diagnostics |= custom_diagnostics
+    weights = [(spec.name, spec.weight) for spec in specs] + [(reward.key, reward.weight) for reward in custom]
+    total = [
+        sum((w * components[name][i] for name, w in weights if not math.isnan(components[name][i])), 0.0)
+        for i in range(len(responses))
+    ]
     return RewardBatch(total, components, correct, diagnostics)

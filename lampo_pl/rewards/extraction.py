@@ -8,8 +8,10 @@ that to math-verify. Rules, applied to the answer part of the response (after th
 ``</think>``; nothing when the reasoning block was never closed); the first rule that yields a
 value wins:
 
-1. **Boxed**: the last complete ``\\boxed{...}`` or ``\\fbox{...}``, nested braces balanced
-   (escaped ``\\{ \\}`` ignored); an unclosed (truncated) box is skipped.
+1. **Boxed**: the last ``\\boxed{...}`` or ``\\fbox{...}`` (`last_box`), nested braces balanced
+   (escaped ``\\{ \\}`` ignored). When that last box is unclosed (a response cut while writing
+   its answer) there is **no answer**: no earlier box and no fallback rule stands in for it, so
+   ``\\boxed{12`` scores 0 (issue 12 item 4).
 2. **Anchored statement**, anchors searched from the end of the text: "final answer ...",
    "the / my / our / correct answer ...", "Answer:", and GSM8K's "####". The value is what
    follows the first *is*, *are*, *equals*, ``:`` or ``=`` after the anchor ("####" needs none,
@@ -37,13 +39,14 @@ from lampo_pl.rewards.thinking import split_thinking
 ExtractionSource = Literal["boxed", "anchor", "bare"]
 
 # Bounds that keep extraction linear on adversarial (huge or repetitive) responses.
-_MAX_BOX_TRIES = 8
 _MAX_ANCHOR_TRIES = 16
 _ANCHOR_WINDOW = 600
 _MAX_BARE_CHARS = 64
 
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_BOX_OPEN_RE = re.compile(r"\s*\{")
 _BRACE_TOKEN_RE = re.compile(r"\\.|[{}]", re.DOTALL)
+_BOX_TOKEN_RE = re.compile(r"\s+([^\s$]+)")
 _ANCHOR_RE = re.compile(
     r"(?P<final>\bfinal\s+answer\b)"
     r"|\b(?:the|my|our|correct)\s+answer\b"
@@ -96,27 +99,59 @@ class MathExtraction(NamedTuple):
     source: ExtractionSource | None
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last complete ``\\boxed{...}`` / ``\\fbox{...}`` in ``text``, else ``None``."""
-    starts = [m.end() for m in _BOX_RE.finditer(text)]
-    for start in reversed(starts[-_MAX_BOX_TRIES:]):
+class Box(NamedTuple):
+    """The last box command of a text: its content and where it lies.
+
+    Attributes:
+        content: What the box holds, stripped; ``None`` when the box is unclosed (truncated).
+        start: Index of the box command's backslash.
+        end: Index just past the closing brace (the text's end when unclosed).
+    """
+
+    content: str | None
+    start: int
+    end: int
+
+
+def last_box(text: str) -> Box | None:
+    """The last ``\\boxed`` / ``\\fbox`` of ``text``; ``None`` when there is none.
+
+    The rule of the MATH dataset's ``last_boxed_only_string`` (Hendrycks et al. 2021), which
+    verl's ``utils/reward_score/math.py`` and lighteval keep: only the LAST box command counts;
+    braces are matched (escaped ``\\{``/``\\}`` do not count); ``\\boxed 5`` (no braces) holds the
+    token up to the next space or ``$``; a box that never closes holds nothing (``content=None``).
+    One routine for reference solutions (``data/math_train.py``) and for graded responses.
+    """
+    commands = list(_BOX_RE.finditer(text))
+    if not commands:
+        return None
+    match = commands[-1]
+    opened = _BOX_OPEN_RE.match(text, match.end())
+    if opened is not None:
         depth = 1
-        for token in _BRACE_TOKEN_RE.finditer(text, start):
-            if token.group() == "{":
-                depth += 1
-            elif token.group() == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start : token.start()]
-    return None
+        for token in _BRACE_TOKEN_RE.finditer(text, opened.end()):
+            depth += {"{": 1, "}": -1}.get(token.group(), 0)
+            if depth == 0:
+                return Box(text[opened.end() : token.start()].strip(), match.start(), token.end())
+        return Box(None, match.start(), len(text))
+    bare = _BOX_TOKEN_RE.match(text, match.end())
+    if bare is not None:
+        return Box(bare.group(1), match.start(), bare.end())
+    return Box(None, match.start(), len(text))
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last box of ``text`` (`last_box`); ``None`` when there is none or it is unclosed."""
+    box = last_box(text)
+    return None if box is None else box.content
 
 
 def extract_math_answer(response: str) -> MathExtraction:
     """The final value a response states (module docstring, rules 1–3)."""
     answer_part = split_thinking(response).answer
-    boxed = last_boxed(answer_part)
-    if boxed is not None:
-        value = _clean(boxed)
+    box = last_box(answer_part)
+    if box is not None:  # an unclosed or empty last box is no answer: no fallback stands in for it
+        value = _clean(box.content or "")
         return MathExtraction(value, "boxed") if value else MathExtraction(None, None)
     anchored = _anchored_value(answer_part)
     if anchored:
