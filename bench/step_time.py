@@ -54,7 +54,6 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from lampo_pl.batching import Phases
 from lampo_pl.data.record import Problem
 from lampo_pl.data.synthetic import generate_synthetic
 from lampo_pl.module import LamPOModule
@@ -62,6 +61,7 @@ from lampo_pl.policy import resolve_model_source
 from lampo_pl.rewards import RewardBatch
 from lampo_pl.rollout import Rollout, SamplingParams
 from lampo_pl.settings import ComputeArgs, LoraArgs, MethodArgs, OptimArgs
+from lampo_pl.step_metrics import Phases
 
 AGGREGATION = {"grpo": "seq_mean_token_mean", "dapo": "token_mean", "dr_grpo": "seq_mean_token_sum_norm"}
 PHASES = ("generation", "rewards", "old_logprobs", "ref_logprobs", "forward", "backward", "optimizer", "logging",
@@ -151,7 +151,8 @@ class BenchModule(LamPOModule):
     def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         self.clock.timed("backward", super().manual_backward)(loss, *args, **kwargs)
 
-    def log_step(self, rollout: Rollout, scored: RewardBatch, adv: Any, result: Any, phases: Phases) -> None:
+    def log_step(self, rollout: Rollout, scored: RewardBatch, adv: Any, result: Any, phases: Phases,
+                 rounds: Any) -> None:
         s = phases.seconds
         c = self.clock.current
         c["generation"], c["rewards"] = s["generation"], s["rewards"]
@@ -159,7 +160,7 @@ class BenchModule(LamPOModule):
         c["old_logprobs"], c["ref_logprobs"] = s["old_logprobs"], s["ref_logprobs"]
         c["optimizer"] = s["optimisation"] - c["forward"] - c["backward"]  # grad clip, AdamW step, schedule
         self.clock.tokens.append(int(rollout.response_lengths.sum()))
-        self.clock.timed("logging", super().log_step)(rollout, scored, adv, result, phases)
+        self.clock.timed("logging", super().log_step)(rollout, scored, adv, result, phases, rounds)
 
 
 class LightningClock(L.Callback):

@@ -1,8 +1,9 @@
 """What one training step reports: its record (``StepRecord``) and its scalars (``step_metrics``, pure).
 
 Rollout numbers (reward, accuracy, lengths, truncation), reward components and grader diagnostics,
-the optimisation phase's numbers (``OptimResult``), the algorithm metrics of ``lampo_pl.metrics``
-(advantages, clip fractions, KL, LamPO's pair weights, λ) and the phase timings.
+what DAPO dynamic sampling did (groups sampled and kept, rounds), the optimisation phase's numbers
+(``OptimResult``), the algorithm metrics of ``lampo_pl.metrics`` (advantages, clip fractions, KL,
+LamPO's pair weights, λ) and the phase timings (``Phases``, timed by the training step).
 """
 
 from __future__ import annotations
