@@ -54,14 +54,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from lampo_pl.batching import Phases
 from lampo_pl.data.record import Problem
 from lampo_pl.data.synthetic import generate_synthetic
 from lampo_pl.module import LamPOModule
 from lampo_pl.policy import resolve_model_source
 from lampo_pl.rewards import RewardBatch
 from lampo_pl.rollout import Rollout, SamplingParams
-from lampo_pl.settings import LoraArgs, MethodArgs, OptimArgs
+from lampo_pl.settings import ComputeArgs, LoraArgs, MethodArgs, OptimArgs
+from lampo_pl.step_metrics import Phases
 
 AGGREGATION = {"grpo": "seq_mean_token_mean", "dapo": "token_mean", "dr_grpo": "seq_mean_token_sum_norm"}
 PHASES = ("generation", "rewards", "old_logprobs", "ref_logprobs", "forward", "backward", "optimizer", "logging",
@@ -151,15 +151,16 @@ class BenchModule(LamPOModule):
     def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         self.clock.timed("backward", super().manual_backward)(loss, *args, **kwargs)
 
-    def log_step(self, rollout: Rollout, scored: RewardBatch, adv: Any, result: Any, phases: Phases) -> None:
+    def log_step(self, rollout: Rollout, scored: RewardBatch, adv: Any, result: Any, phases: Phases,
+                 rounds: Any) -> None:
         s = phases.seconds
         c = self.clock.current
         c["generation"], c["rewards"] = s["generation"], s["rewards"]
         c[GENERATE] = rollout.generation_seconds  # inside generation: the generate() calls
         c["old_logprobs"], c["ref_logprobs"] = s["old_logprobs"], s["ref_logprobs"]
         c["optimizer"] = s["optimisation"] - c["forward"] - c["backward"]  # grad clip, AdamW step, schedule
-        self.clock.tokens.append(rollout.tokens_generated)
-        self.clock.timed("logging", super().log_step)(rollout, scored, adv, result, phases)
+        self.clock.tokens.append(int(rollout.response_lengths.sum()))
+        self.clock.timed("logging", super().log_step)(rollout, scored, adv, result, phases, rounds)
 
 
 class LightningClock(L.Callback):
@@ -183,7 +184,8 @@ def build_lampo(args: argparse.Namespace, problems: list[Problem], clock: StepCl
         method=MethodArgs(estimator=args.estimator, aggregation=AGGREGATION[args.loss], beta=args.beta,
                           num_iterations=args.mu, eps_low=0.2, eps_high=0.2, kl_estimator="k3",
                           scale="group_std" if args.estimator == "lampo" else "none"),
-        optim=OptimArgs(lr=args.lr, micro_batch_size=args.micro_batch_size or n, betas=(0.9, 0.99), grad_clip=1.0),
+        optim=OptimArgs(lr=args.lr, betas=(0.9, 0.99), grad_clip=1.0),
+        compute=ComputeArgs(micro_batch_size=args.micro_batch_size or n),
     )
     module.clock = clock
     # μ optimiser steps per batch, as TRL counts them: the clock ticks once per batch.

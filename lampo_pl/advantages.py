@@ -220,7 +220,19 @@ def estimate_advantages(
     tau: float = 1.0,
     scale: AdvantageScale = "none",
 ) -> AdvantageOutput:
-    """Dispatch to one estimator; returns advantages and (LamPO only) the pair weights."""
+    """Advantages of a flat batch of ``B*G`` rewards by one estimator (the public entry point).
+
+    Args:
+        rewards: ``[B*G]`` rewards, each prompt's G responses contiguous.
+        group_size: G, the number of responses per prompt.
+        estimator: ``"grpo" | "dr_grpo" | "rloo" | "lampo"``.
+        seq_scores: ``[B*G]`` confidence scores ``s_i`` (required for ``"lampo"``, see :func:`confidence_scores`).
+        tau: LamPO's confidence temperature τ.
+        scale: LamPO's scaling, ``"none"`` or ``"group_std"``.
+
+    Returns:
+        ``AdvantageOutput``: ``[B*G]`` advantages and, for LamPO only, the ``[B, G, G]`` pair weights.
+    """
     _check_choice(estimator, get_args(Estimator), "advantage estimator")
     if estimator == "lampo":
         if seq_scores is None:
@@ -231,29 +243,3 @@ def estimate_advantages(
     simple = {"grpo": grpo, "dr_grpo": dr_grpo, "rloo": rloo}[estimator]
     return AdvantageOutput(simple(rewards, group_size), None)
 
-
-def compute_advantages(
-    rewards: Tensor,
-    group_size: int,
-    estimator: Estimator,
-    *,
-    seq_scores: Tensor | None = None,
-    tau: float = 1.0,
-    scale: AdvantageScale = "none",
-) -> Tensor:
-    """Advantages for a flat batch of ``B*G`` rewards (the stable public entry point).
-
-    Args:
-        rewards: ``[B*G]`` rewards, each prompt's G responses contiguous.
-        group_size: G, the number of responses per prompt.
-        estimator: ``"grpo" | "dr_grpo" | "rloo" | "lampo"``.
-        seq_scores: ``[B*G]`` confidence scores ``s_i`` (required for ``"lampo"``).
-        tau: LamPO's confidence temperature τ.
-        scale: LamPO's scaling, ``"none"`` or ``"group_std"``.
-
-    Returns:
-        ``[B*G]`` advantages shaped like ``rewards``.
-    """
-    return estimate_advantages(
-        rewards, group_size, estimator, seq_scores=seq_scores, tau=tau, scale=scale
-    ).advantages

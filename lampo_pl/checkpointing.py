@@ -120,9 +120,9 @@ def config_classes() -> list[type]:
     """The data-only dataclasses in the module's hparams: safe to rebuild under weights_only loading."""
     # Imported on use: lampo_pl.rollout pulls in transformers and peft, which writing a checkpoint never needs.
     from lampo_pl.rollout import SamplingParams
-    from lampo_pl.settings import LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs
+    from lampo_pl.settings import ComputeArgs, LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs
 
-    return [SamplingParams, LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs]
+    return [SamplingParams, LoraArgs, MethodArgs, OptimArgs, ComputeArgs, PromptArgs, RewardArgs]
 
 
 def _write(checkpoint: dict[str, Any], file: BinaryIO) -> None:

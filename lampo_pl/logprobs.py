@@ -156,39 +156,3 @@ def token_logprobs(
     logp = logp.view(n_rows, n_resp)  # [N, L]
     return logp, (entropy.view(n_rows, n_resp) if entropy is not None else None)  # [N, L]
 
-
-@torch.no_grad()
-def logprobs_in_microbatches(
-    model: PreTrainedModel | PeftModel,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    response_start: int,
-    micro_batch_size: int,
-    *,
-    chunk_size: int = 1024,
-    with_entropy: bool = False,
-    temperature: float = 1.0,
-) -> tuple[Tensor, Tensor | None]:
-    """`token_logprobs` without gradient, `micro_batch_size` rows at a time (old-policy and reference passes).
-
-    Returns logp [N, L] and entropy [N, L] or None, as `token_logprobs`.
-    """
-    if micro_batch_size < 1:
-        raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
-    logps: list[Tensor] = []
-    entropies: list[Tensor] = []
-    for start in range(0, input_ids.shape[0], micro_batch_size):
-        rows = slice(start, start + micro_batch_size)
-        logp, entropy = token_logprobs(
-            model,
-            input_ids[rows],  # [n, T]
-            attention_mask[rows],  # [n, T]
-            response_start,
-            chunk_size=chunk_size,
-            with_entropy=with_entropy,
-            temperature=temperature,
-        )
-        logps.append(logp)
-        if entropy is not None:
-            entropies.append(entropy)
-    return torch.cat(logps), (torch.cat(entropies) if with_entropy else None)  # [N, L]

@@ -12,11 +12,13 @@ How the pieces relate to GRPO:
    negative-advantage tokens whose ratio exploded.
 2. The KL to the frozen reference is added per token with coefficient β; ``k3`` is Schulman's
    unbiased, always-positive estimator (http://joschu.net/blog/kl-approx.html), GRPO's default.
-3. How per-token losses become one number is a separate axis (``aggregate``), so any advantage
-   estimator composes with any aggregation. Every mode is a per-sequence coefficient ``c_i``
-   times the sequence's token sum, ``L = Σ_i c_i Σ_t ℓ_{i,t}``; writing it that way lets the
-   coefficients be computed over the whole batch and applied to micro-batches, so gradient
-   accumulation reproduces the full-batch loss exactly.
+3. How per-token losses become one number is a separate axis, so any advantage estimator
+   composes with any aggregation. Every mode is a per-sequence coefficient ``c_i`` times the
+   sequence's token sum, ``L = Σ_i c_i Σ_t ℓ_{i,t}``: ``sequence_coefficients`` holds every
+   normaliser (N, Σ|o|, L_max, λ's weights) and ``aggregate`` only applies them. Writing it that
+   way lets the coefficients be computed over the whole batch (all ranks under DDP, without
+   dynamic sampling's dropped groups) and applied to micro-batches, so gradient accumulation
+   reproduces the full-batch loss exactly.
 """
 
 from __future__ import annotations
@@ -147,7 +149,9 @@ def clipped_policy_loss(
             clip_frac_low=_masked_mean(low.to(logp.dtype), mask),
             clip_frac_high=_masked_mean(high.to(logp.dtype), mask),
             clip_frac_region=_masked_mean((low | high).to(logp.dtype), mask),
-            approx_kl_old=_masked_mean(kl_penalty(logp, old_logp, "k3"), mask),
+            # KL(π_old ‖ π_θ) from tokens sampled by π_old: k3 = r − 1 − log r with r = π_θ/π_old
+            # (Schulman's estimator), i.e. kl_penalty(old, logp), which estimates KL(first ‖ second).
+            approx_kl_old=_masked_mean(kl_penalty(old_logp, logp, "k3"), mask),
             kl_ref=kl_ref,
             ratio_mean=_masked_mean(ratio, mask),
         )
@@ -180,17 +184,38 @@ def lambda_weights(
     return f.flatten()  # [N]
 
 
+class BatchCounts(NamedTuple):
+    """The batch-wide normalisers of the aggregation: what a single process over the whole batch divides by.
+
+    Attributes:
+        sequences: N, the responses that count. DAPO dynamic sampling's dropped groups are not in it
+            (Yu et al. 2025, §3.2: they leave the batch); overlong-masked responses are (they are
+            part of the batch, only their tokens are masked), as before.
+        tokens: Σ_i |o_i|, the loss tokens (the loss mask's sum).
+    """
+
+    sequences: float
+    tokens: float
+
+
+def batch_counts(lengths: Tensor, keep: Tensor | None = None) -> BatchCounts:
+    """N and Σ|o| of one batch. lengths: ``[N]`` loss tokens per response; keep: ``[N]`` bool, ``None`` = all."""
+    sequences = lengths.numel() if keep is None else int(keep.sum())
+    return BatchCounts(float(sequences), float(lengths.sum()))
+
+
 def sequence_coefficients(
     lengths: Tensor,
     mode: AggregationMode,
     *,
+    counts: BatchCounts | None = None,
     group_size: int | None = None,
     lam: Tensor | None = None,
     r_len: float = R_LEN,
     h_min: float = H_MIN,
     max_len: int | None = None,
 ) -> Tensor:
-    """Per-sequence coefficients ``c_i`` with ``L = Σ_i c_i Σ_t ℓ_{i,t}``, for the whole batch.
+    """Per-sequence coefficients ``c_i`` with ``L = Σ_i c_i Σ_t ℓ_{i,t}``: every normaliser lives here.
 
     seq_mean_token_mean: ``1/(N·|o_i|)``; token_mean: ``1/Σ|o|``;
     seq_mean_token_sum_norm: ``1/(N·L_max)``; lambda: ``f_i/Σ|o|``.
@@ -198,19 +223,26 @@ def sequence_coefficients(
     Args:
         lengths: ``[N]`` tokens that count per response (the loss mask's row sums).
         mode: the aggregation mode.
+        counts: N and Σ|o| to divide by; ``None``: those of ``lengths`` (every row counts). The
+            training step passes the counts without dynamic sampling's dropped groups and, under
+            DDP, the counts over all ranks divided by the world size: each rank's loss then
+            carries its share of the global normaliser, and DDP's mean of the ranks' gradients
+            is the gradient of the loss over the union of their batches (TRL 1.16 GRPOTrainer
+            normalises ``token_mean`` by the global token count the same way).
         group_size: G (``lambda`` only).
         lam: scalar λ (``lambda`` only).
+        r_len, h_min: λ-GRPO's length sensitivity and floor (``lambda`` only, see :func:`lambda_weights`).
         max_len: L_max, the max new tokens (``seq_mean_token_sum_norm`` only).
     """
     if mode not in get_args(AggregationMode):
         raise ValueError(f"unknown aggregation mode {mode!r}; expected one of {', '.join(get_args(AggregationMode))}")
-    n = lengths.numel()
     lengths = lengths.to(torch.float32 if not lengths.is_floating_point() else lengths.dtype)  # [N]
-    total_tokens = lengths.sum().clamp(min=1.0)
+    n, total_tokens = counts if counts is not None else batch_counts(lengths)
+    n, total_tokens = max(n, 1.0), max(total_tokens, 1.0)
     if mode == "seq_mean_token_mean":
         return 1.0 / (n * lengths.clamp(min=1.0))  # [N]
     if mode == "token_mean":
-        return torch.full_like(lengths, 1.0) / total_tokens  # [N]
+        return torch.full_like(lengths, 1.0 / total_tokens)  # [N]
     if mode == "seq_mean_token_sum_norm":
         if max_len is None or max_len < 1:
             raise ValueError("seq_mean_token_sum_norm needs max_len = the max new tokens (L_max) >= 1")
@@ -221,38 +253,18 @@ def sequence_coefficients(
     return f / total_tokens  # [N]
 
 
-def aggregate(
-    per_token_loss: Tensor,
-    mask: Tensor,
-    mode: AggregationMode,
-    *,
-    group_size: int | None = None,
-    lam: Tensor | None = None,
-    r_len: float = R_LEN,
-    h_min: float = H_MIN,
-    max_len: int | None = None,
-    coefficients: Tensor | None = None,
-) -> Tensor:
-    """Reduce ``[N, L]`` per-token losses to a scalar: ``Σ_i c_i Σ_t mask·ℓ``.
+def aggregate(per_token_loss: Tensor, mask: Tensor, coefficients: Tensor) -> Tensor:
+    """Reduce ``[N, L]`` per-token losses to a scalar: ``Σ_i c_i Σ_t mask·ℓ`` (verl's ``agg_loss``, three arguments).
 
     Args:
         per_token_loss: ``[N, L]``.
         mask: ``[N, L]`` 1 on tokens that count.
-        mode: ``seq_mean_token_mean`` (GRPO), ``token_mean`` (DAPO), ``seq_mean_token_sum_norm``
-            (Dr. GRPO), ``lambda`` (λ-GRPO).
-        group_size, lam, r_len, h_min, max_len: see :func:`sequence_coefficients`.
-        coefficients: ``[N]`` precomputed ``c_i`` (e.g. the rows of a micro-batch, computed over
-            the whole batch so that accumulated micro-batch losses equal the full-batch loss);
-            when given, the other mode arguments are not used.
+        coefficients: ``[N]`` the rows' ``c_i`` from :func:`sequence_coefficients`, computed over the
+            whole batch, so that micro-batch losses summed equal the full-batch loss exactly.
     """
     if per_token_loss.shape != mask.shape:
         raise ValueError(f"per_token_loss {tuple(per_token_loss.shape)} and mask {tuple(mask.shape)} differ")
-    m = mask.to(per_token_loss.dtype)  # [N, L]
-    if coefficients is None:
-        coefficients = sequence_coefficients(
-            m.sum(dim=1), mode, group_size=group_size, lam=lam, r_len=r_len, h_min=h_min, max_len=max_len
-        )  # [N]
-    elif coefficients.shape != per_token_loss.shape[:1]:
+    if coefficients.shape != per_token_loss.shape[:1]:
         raise ValueError(f"coefficients {tuple(coefficients.shape)} must be [N] with N = {per_token_loss.shape[0]}")
-    seq_sums = (per_token_loss * m).sum(dim=1)  # [N]
+    seq_sums = (per_token_loss * mask.to(per_token_loss.dtype)).sum(dim=1)  # [N]
     return (coefficients.to(seq_sums.dtype) * seq_sums).sum()

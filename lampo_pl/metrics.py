@@ -72,6 +72,25 @@ class AlgoMetrics:
     advantages: AdvantageStats
     lam: float = math.nan
 
+    @classmethod
+    def of_step(
+        cls, loss: float, stats: PolicyLossStats | None, advantages: AdvantageStats, lam: Tensor | None
+    ) -> AlgoMetrics:
+        """One step's metrics from its mean loss, its averaged loss statistics (``None``: every pass was
+        skipped, so NaN) and its advantage statistics."""
+        nan = math.nan
+        return cls(
+            loss=loss,
+            clip_frac_low=float(stats.clip_frac_low) if stats else nan,
+            clip_frac_high=float(stats.clip_frac_high) if stats else nan,
+            clip_frac_region=float(stats.clip_frac_region) if stats else nan,
+            approx_kl_old=float(stats.approx_kl_old) if stats else nan,
+            kl_ref=float(stats.kl_ref) if stats else nan,
+            ratio_mean=float(stats.ratio_mean) if stats else nan,
+            advantages=advantages,
+            lam=float(lam.detach()) if lam is not None else nan,
+        )
+
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         """Flat ``{name: value}`` for loggers; NaN entries (metrics that do not apply) are left out."""
         flat = {k: v for k, v in asdict(self).items() if k != "advantages"}

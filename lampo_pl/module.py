@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import lightning as L
@@ -22,20 +22,21 @@ import torch
 from torch import Tensor, nn
 
 from lampo_pl.advantages import AdvantageOutput, confidence_scores, estimate_advantages
-from lampo_pl.batching import Phases, micro_batches, pad_logprobs, slice_rows
 from lampo_pl.data.prompting import few_shot_pairs, render_prompt
 from lampo_pl.data.record import Problem
 from lampo_pl.data.synthetic import generate_synthetic
+from lampo_pl.dynamic_sampling import Round, Sample, SamplingRounds, assemble, informative_groups
 from lampo_pl.evaluation_steps import EvaluationSteps
 from lampo_pl.logprobs import token_logprobs
-from lampo_pl.losses import aggregate, clipped_policy_loss, sequence_coefficients
+from lampo_pl.losses import BatchCounts, aggregate, batch_counts, clipped_policy_loss, sequence_coefficients
 from lampo_pl.metrics import mean_loss_stats
 from lampo_pl.optim import build_optimizer, build_scheduler
 from lampo_pl.policy import load_policy, reference_adapter, trainable_parameters
 from lampo_pl.rewards import RewardBatch, RewardSpec, check_custom_rewards, score_responses
 from lampo_pl.rollout import Rollout, SamplingParams, generate_rollout
-from lampo_pl.settings import LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs
-from lampo_pl.step_metrics import OptimResult, StepRecord, step_metrics
+from lampo_pl.settings import ComputeArgs, LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs
+from lampo_pl.step_metrics import OptimResult, Phases, StepRecord, step_metrics
+from lampo_pl.trajectory import Trajectory, micro_batches
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         sampling: SamplingParams | None = None,
         method: MethodArgs | None = None,
         optim: OptimArgs | None = None,
+        compute: ComputeArgs | None = None,
         rewards: RewardArgs | None = None,
         prompt: PromptArgs | None = None,
         max_context: int | None = None,
@@ -68,7 +70,8 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
             lora: Base-model loading and LoRA adapters.
             sampling: Rollout sampling (temperature, top-p, top-k, max new tokens).
             method: Advantage estimator, clipped loss, KL and aggregation.
-            optim: Optimiser, schedule, micro-batching.
+            optim: Optimiser and schedule (policy adapter and λ).
+            compute: Micro-batching and log-prob chunking (memory, not the update).
             rewards: Reward weights.
             prompt: Chat-prompt rendering.
             max_context: Context limit for prompt + response; null: the model's own.
@@ -84,6 +87,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         self.sampling = sampling or SamplingParams()
         self.method = method or MethodArgs()
         self.optim = optim or OptimArgs()
+        self.compute = compute or ComputeArgs()
         self.reward_args = rewards or RewardArgs()
         self.prompt = prompt or PromptArgs()
         self.max_context = max_context
@@ -91,7 +95,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         self.track_kl = track_kl
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold only the adapters and λ, never the frozen base
-        check_batch_shape(prompts_per_step, group_size, self.optim.micro_batch_size, self.method.num_iterations)
+        check_batch_shape(prompts_per_step, group_size, self.compute.micro_batch_size, self.method.num_iterations)
         check_custom_rewards(self.reward_args.custom)  # an unknown import path fails here, before any model loads
         self.lam = nn.Parameter(torch.tensor(float(self.method.lambda_init))) if self.uses_lambda else None
         self.policy_model: nn.Module | None = None
@@ -128,7 +132,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         assert self.policy_model is not None
-        opt = build_optimizer(trainable_parameters(self.policy_model), self.lam, self.optim, self.method.lambda_lr)
+        opt = build_optimizer(trainable_parameters(self.policy_model), self.lam, self.optim)
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
         return {"optimizer": opt, "lr_scheduler": {"scheduler": build_scheduler(opt, self.optim, total)}}
 
@@ -147,27 +151,60 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
 
     def training_step(self, batch: list[Problem], batch_idx: int) -> None:
         phases = Phases()
+        sample = self.sample_batch(batch, phases)  # rollout + rewards; DAPO refill rounds
+        rollout, scored = sample.rollout, sample.scored
+        traj = Trajectory.of(rollout, self.loss_mask(rollout, sample.keep), sample.keep)
+        with phases("old_logprobs"):
+            old_logp, confidence_logp = self.old_policy_logprobs(traj, rollout)
+        with phases("ref_logprobs"):
+            ref_logp = self.reference_logprobs(traj)
+        advantages = self.advantages(scored, rollout, confidence_logp)
+        traj = replace(traj, advantages=advantages.advantages, old_logprobs=old_logp, ref_logprobs=ref_logp)
+        with phases("optimisation"):
+            result = self.optimise(traj, sample.problems)
+        metrics = self.log_step(rollout, scored, advantages, result, phases, sample.stats)
+        self.last_step = StepRecord.of_step(self.global_step, sample, advantages, metrics)
+
+    def sample_batch(self, batch: list[Problem], phases: Phases) -> Sample:
+        """G responses per prompt and their rewards; with DAPO dynamic sampling, refilled to B informative groups.
+
+        Each refill round takes B further prompts from the DataModule (``refill_batch``), at most
+        ``method.max_refill_rounds`` of them. Under DDP the ranks agree on every round (one more while
+        any rank lacks groups), so that each takes the same prompts from the refill stream.
+        """
+        rounds = [self.sample_round(batch, phases)]
+        extra = 0
+        while self.method.dynamic_sampling and extra < self.method.max_refill_rounds:
+            missing = self.prompts_per_step - sum(int(r.informative.sum()) for r in rounds)
+            if not self.any_rank(missing > 0):
+                break
+            problems = self.trainer.datamodule.refill_batch()
+            extra += 1
+            if missing > 0:
+                rounds.append(self.sample_round(problems, phases))
+        sample = assemble(rounds, self.prompts_per_step, self.group_size)
+        if self.method.dynamic_sampling and sample.stats.groups_kept < self.prompts_per_step:
+            log.warning("dynamic sampling: %d of %d groups informative after %d generation rounds; training on them",
+                        sample.stats.groups_kept, self.prompts_per_step, sample.stats.rounds)
+        return sample
+
+    def sample_round(self, batch: list[Problem], phases: Phases) -> Round:
+        """One generation round: B prompts, G responses each, their rewards and which groups are informative."""
         with phases("generation"):
             prompts = self.render(batch)
             rollout, problems = self.collect_rollout(batch, prompts)
         with phases("rewards"):
             scored = self.score(rollout, problems)
-        with phases("old_logprobs"):
-            old_logp = self.old_logprobs(rollout)
-            confidence_logp = self.confidence_logprobs(rollout, old_logp)
-        with phases("ref_logprobs"):
-            ref_logp = self.reference_logprobs(rollout)
-        advantages = self.advantages(scored, rollout, confidence_logp)
-        mask = self.loss_mask(rollout, self.informative_rows(scored))  # [N, L]
-        with phases("optimisation"):
-            result = self.optimise(rollout, mask, advantages.advantages, old_logp, ref_logp, problems)
-        metrics = self.log_step(rollout, scored, advantages, result, phases)
-        self.last_step = StepRecord(
-            step=self.global_step, prompts=prompts, problem_ids=[q.id for q in batch], texts=rollout.texts,
-            rewards=scored.total, components=scored.components, advantages=advantages.advantages.tolist(),
-            pair_weights=None if advantages.pair_weights is None else advantages.pair_weights.tolist(),
-            group_size=self.group_size, metrics=metrics,
-        )
+        informative = informative_groups(torch.tensor(scored.correct), self.group_size)  # [B]
+        if not self.method.dynamic_sampling:
+            informative = torch.ones_like(informative)  # every group counts
+        return Round(prompts, rollout, problems, scored, informative)
+
+    def any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any DDP rank (itself without DDP)."""
+        if self.trainer.world_size == 1:
+            return flag
+        return bool(self.trainer.strategy.reduce(torch.tensor(float(flag)), reduce_op="sum") > 0)
 
     def collect_rollout(self, batch: list[Problem], prompts: list[str]) -> tuple[Rollout, list[Problem]]:
         """Sample G responses per rendered prompt; ``problems[i]`` is the problem of response row i."""
@@ -175,7 +212,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         rollout = generate_rollout(
             self.policy_model, self.tokenizer, prompts, self.group_size, self.sampling,
             max_context=self.max_context, generation_batch_size=self.generation_batch_size,
-            record_logprobs=self.method.estimator == "lampo" and self.method.num_iterations == 1,  # confidence_logprobs
+            record_logprobs=self.sampler_records_old_logprobs,
         )
         return rollout, [q for q in batch for _ in range(self.group_size)]
 
@@ -185,65 +222,74 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         return score_responses(rollout.texts, problems, self.reward_specs(), thinking=thinking, custom=custom,
                                completion_ids=ids if custom else None, step=self.global_step)
 
-    def loss_mask(self, rollout: Rollout, keep: Tensor | None) -> Tensor:
+    def loss_mask(self, rollout: Rollout, keep: Tensor) -> Tensor:
         """``[N, L]`` tokens that count in the loss: DAPO overlong masking drops truncated rows,
-        dynamic sampling drops the rows outside ``keep`` ([N] bool)."""
+        dynamic sampling the rows outside ``keep`` ([N] bool)."""
         mask = rollout.response_mask
         if self.method.mask_truncated:
             mask = mask * (~rollout.truncated).to(mask.dtype)[:, None]  # [N, L]
-        if keep is not None:
-            mask = mask * keep.to(device=mask.device, dtype=mask.dtype)[:, None]  # [N, L]
-        return mask
+        return mask * keep.to(device=mask.device, dtype=mask.dtype)[:, None]  # [N, L]
 
-    def old_logprobs(self, rollout: Rollout) -> Tensor | None:
-        """log π_old for the loss; ``None`` at μ = 1.
+    # ---- π_old, π_ref ---------------------------------------------------------------------------
 
-        With μ = 1 the policy being optimised *is* the rollout policy, so the detached current
-        log-probs serve as π_old and no extra forward pass runs. With μ > 1 π_old must be frozen
-        before the first update, so one no-grad pass runs.
+    @property
+    def sampler_records_old_logprobs(self) -> bool:
+        """LamPO at μ = 1 takes π_old for its confidence scores from the sampler (``old_policy_logprobs``)."""
+        return self.method.estimator == "lampo" and self.method.num_iterations == 1
+
+    def old_policy_logprobs(self, traj: Trajectory, rollout: Rollout) -> tuple[Tensor | None, Tensor | None]:
+        """log π_old ``[N, L]``, decided here and nowhere else: ``(for the loss, for LamPO's confidence scores)``.
+
+        π_old is the policy that sampled the rollout.
+        - μ > 1: the policy moves within the step, so one no-grad pass freezes π_old before the first
+          update; the loss and the confidence scores both read it.
+        - μ = 1: the μ = 1 identity: the policy being optimised *is* π_old, so the loss takes the
+          detached current log-probs (``None`` here; ``Trajectory.old_logprobs_for``) and no pass runs.
+          LamPO's confidence scores are needed before the loss pass: they take the log-probs the
+          sampler recorded while drawing the tokens (equal to a teacher-forced pass up to float
+          rounding, tests/test_perf.py), or one no-grad pass from a sampler that did not record them.
         """
-        if self.method.num_iterations == 1:
-            return None
-        return self.logprobs_no_grad(rollout)
+        lampo = self.method.estimator == "lampo"
+        if self.method.num_iterations > 1:
+            old = self.logprobs_no_grad(traj)
+            return old, (old if lampo else None)
+        if not lampo:
+            return None, None
+        recorded = rollout.sampled_logprobs
+        return None, (recorded if recorded is not None else self.logprobs_no_grad(traj))
 
-    def confidence_logprobs(self, rollout: Rollout, old_logp: Tensor | None) -> Tensor | None:
-        """log π_old for LamPO's confidence scores, which are needed before the loss pass.
-
-        The loss's π_old when there is one (μ > 1); else the sampler's own log-probs, recorded
-        while generating (``collect_rollout``); else one no-grad pass. ``None`` for other estimators.
-        """
-        if self.method.estimator != "lampo":
-            return None
-        if old_logp is not None:
-            return old_logp
-        if rollout.sampled_logprobs is not None:
-            return rollout.sampled_logprobs
-        return self.logprobs_no_grad(rollout)
-
-    def reference_logprobs(self, rollout: Rollout) -> Tensor | None:
+    def reference_logprobs(self, traj: Trajectory) -> Tensor | None:
         """log π_ref with the frozen ``reference`` adapter; no pass at all when β = 0 (unless ``track_kl``)."""
         if self.method.beta == 0 and not self.track_kl:
             return None
         assert self.policy_model is not None
         with reference_adapter(self.policy_model):
-            return self.logprobs_no_grad(rollout)
+            return self.logprobs_no_grad(traj)
 
     @torch.no_grad()
-    def logprobs_no_grad(self, rollout: Rollout) -> Tensor:
-        """``[N, L]`` per-token log-probs of the rollout under the active adapter, micro-batched."""
+    def logprobs_no_grad(self, traj: Trajectory) -> Tensor:
+        """``[N, L]`` per-token log-probs of the trajectory under the active adapter, micro-batched."""
         assert self.policy_model is not None
-        parts = []
+        out = torch.zeros(traj.loss_mask.shape, device=traj.input_ids.device)  # [N, L]
         was_training = self.policy_model.training
         self.policy_model.eval()  # π_old and π_ref are the distributions that sampled: no LoRA dropout
         try:
-            for rows in micro_batches(rollout, self.optim.micro_batch_size):
-                ids, attn, start, width = slice_rows(rollout, rows)
-                logp, _ = token_logprobs(self.policy_model, ids, attn, start, chunk_size=self.optim.logprob_chunk,
-                                         temperature=self.logit_temperature)
-                parts.append((rows, logp[:, :width]))
+            for rows in micro_batches(traj, self.compute.micro_batch_size):
+                logp, _ = self.policy_logprobs(traj.rows(rows))  # [n, l]
+                out = out.to(logp.dtype)
+                out[rows, : logp.shape[1]] = logp
         finally:
             self.policy_model.train(was_training)
-        return pad_logprobs(parts, rollout.response_mask.shape)  # [N, L]
+        return out
+
+    def policy_logprobs(self, view: Trajectory, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+        """``[n, l]`` log-probs (and entropies) of a micro-batch view's response tokens at the sampling temperature."""
+        assert self.policy_model is not None
+        return token_logprobs(self.policy_model, view.input_ids, view.attention_mask, view.prompt_len,
+                              chunk_size=self.compute.logprob_chunk, with_entropy=with_entropy,
+                              temperature=self.logit_temperature)
+
+    # ---- advantages, loss, optimiser ------------------------------------------------------------
 
     def advantages(self, scored: RewardBatch, rollout: Rollout, confidence_logp: Tensor | None) -> AdvantageOutput:
         rewards = torch.tensor(scored.total, dtype=torch.float32, device=rollout.input_ids.device)  # [N]
@@ -253,34 +299,39 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         return estimate_advantages(rewards, self.group_size, self.method.estimator, seq_scores=scores,
                                    tau=self.method.tau, scale=self.method.scale)
 
-    def informative_rows(self, scored: RewardBatch) -> Tensor | None:
-        """DAPO dynamic sampling (Yu et al. 2025, §3.2): rows of groups whose correctness is mixed.
+    def batch_counts(self, lengths: Tensor, keep: Tensor) -> BatchCounts:
+        """N and Σ|o| for the normalisers: this batch's without DDP; under DDP the mean over ranks.
 
-        Groups that all succeed or all fail carry no signal; DAPO drops them from the batch, so they
-        count in no normaliser either. ``None`` when dynamic sampling is off (every row counts).
-        This drops without refilling: the step trains on the remaining groups.
+        DDP averages the ranks' gradients, so a rank that divides by (global count / world size) makes
+        that average the gradient of the loss over the union of the ranks' batches (issue 12, item 3).
         """
-        if not self.method.dynamic_sampling:
-            return None
-        correct = torch.tensor(scored.correct).view(-1, self.group_size)  # [B, G]
-        mixed = correct.max(dim=1).values != correct.min(dim=1).values  # [B]
-        return mixed.repeat_interleave(self.group_size)  # [N]
+        local = batch_counts(lengths, keep)
+        if self.trainer.world_size == 1:
+            return local
+        mean = self.trainer.strategy.reduce(torch.tensor(local, dtype=torch.float64), reduce_op="mean")
+        return BatchCounts(float(mean[0]), float(mean[1]))
 
-    def optimise(
-        self, rollout: Rollout, mask: Tensor, advantages: Tensor, old_logp: Tensor | None,
-        ref_logp: Tensor | None, problems: list[Problem],
-    ) -> OptimResult:
+    def coefficients(self, lengths: Tensor, counts: BatchCounts) -> Tensor:
+        """``[N]`` aggregation coefficients c_i over the whole batch (``losses.sequence_coefficients``)."""
+        m = self.method
+        return sequence_coefficients(lengths, m.aggregation, counts=counts, group_size=self.group_size,
+                                     lam=self.lam, r_len=m.r_len, h_min=m.h_min,
+                                     max_len=self.sampling.max_new_tokens)  # [N]
+
+    def optimise(self, traj: Trajectory, problems: list[Problem]) -> OptimResult:
         """μ passes of micro-batched forward/backward, each closed by one (guarded) optimiser step."""
-        assert self.policy_model is not None
         opt = self.optimizers()
-        lengths = mask.sum(dim=1).float()  # [N]
-        rows_list = micro_batches(rollout, self.optim.micro_batch_size)
+        lengths = traj.loss_mask.sum(dim=1).float()  # [N]
+        counts = self.batch_counts(lengths, traj.keep)
+        rows_list = micro_batches(traj, self.compute.micro_batch_size)
         stats, entropies, norms, skipped, losses = [], [], [], False, []
         for _ in range(self.method.num_iterations):
             opt.zero_grad(set_to_none=True)
             finite = True
             for rows in rows_list:
-                loss, st, ent = self.micro_batch_loss(rollout, rows, mask, lengths, advantages, old_logp, ref_logp)
+                # Over the whole batch, recomputed per micro-batch so that λ's graph is fresh.
+                coef = self.coefficients(lengths, counts)[rows]  # [n]
+                loss, st, ent = self.micro_batch_loss(traj.rows(rows), coef)
                 if not torch.isfinite(loss):
                     finite = False
                     break
@@ -310,29 +361,19 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
             lr=float(opt.param_groups[0]["lr"]),
         )
 
-    def micro_batch_loss(
-        self, rollout: Rollout, rows: Tensor, mask: Tensor, lengths: Tensor, advantages: Tensor,
-        old_logp: Tensor | None, ref_logp: Tensor | None,
-    ) -> tuple[Tensor, Any, Tensor]:
-        """Loss of one micro-batch, scaled so that the micro-batches sum to the full-batch loss."""
-        assert self.policy_model is not None
+    def micro_batch_loss(self, view: Trajectory, coefficients: Tensor) -> tuple[Tensor, Any, Tensor]:
+        """Loss of one micro-batch view, scaled (``coefficients`` [n]) so that the micro-batches sum to the
+        full-batch loss."""
         m = self.method
-        ids, attn, start, width = slice_rows(rollout, rows)
-        logp, entropy = token_logprobs(self.policy_model, ids, attn, start, chunk_size=self.optim.logprob_chunk,
-                                       with_entropy=True, temperature=self.logit_temperature)
-        logp = logp[:, :width]  # [n, l]
-        mb_mask = mask[rows, :width]  # [n, l]
-        old = logp.detach() if old_logp is None else old_logp[rows, :width]  # [n, l]  μ = 1: ratio ≡ 1 in value
-        ref = None if ref_logp is None else ref_logp[rows, :width]  # [n, l]
-        per_token, st = clipped_policy_loss(logp, old, advantages[rows], mb_mask, eps_low=m.eps_low,
-                                            eps_high=m.eps_high, dual_clip=m.dual_clip, ref_logp=ref, beta=m.beta,
+        assert view.advantages is not None
+        logp, entropy = self.policy_logprobs(view, with_entropy=True)  # [n, l]
+        per_token, st = clipped_policy_loss(logp, view.old_logprobs_for(logp), view.advantages, view.loss_mask,
+                                            eps_low=m.eps_low, eps_high=m.eps_high, dual_clip=m.dual_clip,
+                                            ref_logp=view.ref_logprobs, beta=m.beta,
                                             kl_estimator=m.kl_estimator)  # [n, l]
-        # Coefficients over the whole batch (recomputed per micro-batch so that λ's graph is fresh).
-        coef = sequence_coefficients(lengths, m.aggregation, group_size=self.group_size, lam=self.lam,
-                                     r_len=m.r_len, h_min=m.h_min, max_len=self.sampling.max_new_tokens)  # [N]
-        loss = aggregate(per_token, mb_mask, m.aggregation, coefficients=coef[rows])
-        ent = entropy[:, :width] if entropy is not None else torch.zeros_like(logp)
-        mean_entropy = (ent.detach() * mb_mask).sum() / mb_mask.sum().clamp(min=1)
+        loss = aggregate(per_token, view.loss_mask, coefficients)
+        ent = entropy if entropy is not None else torch.zeros_like(logp)  # [n, l]
+        mean_entropy = (ent.detach() * view.loss_mask).sum() / view.loss_mask.sum().clamp(min=1)
         return loss, st, mean_entropy
 
     def clip_and_norm(self) -> float:
@@ -346,10 +387,11 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
     # ---- logging --------------------------------------------------------------------------------
 
     def log_step(
-        self, rollout: Rollout, scored: RewardBatch, adv: AdvantageOutput, result: OptimResult, phases: Phases
+        self, rollout: Rollout, scored: RewardBatch, adv: AdvantageOutput, result: OptimResult, phases: Phases,
+        rounds: SamplingRounds,
     ) -> dict[str, float]:
         """Log the step's scalars under ``train/``; return them without the prefix (NaN ones left out)."""
-        metrics = step_metrics(rollout, scored, adv, result, phases, group_size=self.group_size,
+        metrics = step_metrics(rollout, scored, adv, result, phases, rounds, group_size=self.group_size,
                                skipped_steps=self.skipped_steps, lam=self.lam)
         clean = {k: v for k, v in metrics.items() if not math.isnan(v)}
         bs = len(scored.total)
@@ -386,14 +428,14 @@ def check_batch_shape(prompts_per_step: int, group_size: int, micro_batch_size: 
     """Reject at start-up batch sizes that do not divide, saying which numbers to change."""
     if prompts_per_step < 1 or group_size < 1 or micro_batch_size < 1 or num_iterations < 1:
         raise ValueError(
-            f"prompts_per_step ({prompts_per_step}), group_size ({group_size}), optim.micro_batch_size "
+            f"prompts_per_step ({prompts_per_step}), group_size ({group_size}), compute.micro_batch_size "
             f"({micro_batch_size}) and method.num_iterations ({num_iterations}) must all be >= 1"
         )
     n = prompts_per_step * group_size
     if n % micro_batch_size != 0:
         divisors = [d for d in range(1, n + 1) if n % d == 0]
         raise ValueError(
-            f"optim.micro_batch_size={micro_batch_size} does not divide the {n} responses of a step "
+            f"compute.micro_batch_size={micro_batch_size} does not divide the {n} responses of a step "
             f"(prompts_per_step={prompts_per_step} × group_size={group_size}); "
             f"choose micro_batch_size in {divisors} or change prompts_per_step/group_size"
         )

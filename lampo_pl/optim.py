@@ -13,7 +13,7 @@ from lampo_pl.settings import OptimArgs
 
 
 def build_optimizer(
-    policy_params: Iterable[nn.Parameter], lam: nn.Parameter | None, optim: OptimArgs, lambda_lr: float
+    policy_params: Iterable[nn.Parameter], lam: nn.Parameter | None, optim: OptimArgs
 ) -> torch.optim.AdamW:
     """Only the ``policy`` LoRA parameters and λ are ever given to the optimiser."""
     params = list(policy_params)
@@ -21,7 +21,7 @@ def build_optimizer(
         raise ValueError("the policy adapter has no trainable parameters: check lora.target_modules")
     groups = [{"params": params, "lr": optim.lr, "weight_decay": optim.weight_decay, "name": "policy"}]
     if lam is not None:
-        groups.append({"params": [lam], "lr": lambda_lr, "weight_decay": 0.0, "name": "lambda"})
+        groups.append({"params": [lam], "lr": optim.lambda_lr, "weight_decay": 0.0, "name": "lambda"})
     return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas)
 
 

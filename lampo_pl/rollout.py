@@ -84,11 +84,8 @@ class Rollout:
         prompt_len: P, the padded prompt width: responses start at column P (`response_start`).
         response_lengths: [N] number of response tokens (EOS included), = response_mask.sum(1).
         truncated: [N] bool, True where no EOS came within max_new_tokens.
-        prompt_index: [N] index of the row's prompt in the B prompts (b for rows b·G … b·G+G−1).
-        group_size: G.
         texts: N decoded responses, special tokens (EOS) removed.
-        generation_seconds: Wall time spent in `generate`.
-        tokens_generated: Response tokens kept, = response_mask.sum().
+        generation_seconds: Wall time spent in the sampler calls.
         sampled_logprobs: [N, L] the sampler's log softmax(z / T)[o_t] (before top-p / top-k), 0 after the
             response; `None` unless `generate_rollout(record_logprobs=True)`.
     """
@@ -99,22 +96,14 @@ class Rollout:
     prompt_len: int
     response_lengths: Tensor
     truncated: Tensor
-    prompt_index: Tensor
-    group_size: int
     texts: list[str]
     generation_seconds: float
-    tokens_generated: int
     sampled_logprobs: Tensor | None = None
 
     @property
     def response_ids(self) -> Tensor:
         """[N, L] the response columns of `input_ids`."""
         return self.input_ids[:, self.prompt_len :]
-
-    @property
-    def num_prompts(self) -> int:
-        """B."""
-        return self.input_ids.shape[0] // self.group_size
 
 
 def response_mask_from_ids(response_ids: Tensor, eos_ids: list[int]) -> tuple[Tensor, Tensor]:
@@ -323,10 +312,7 @@ def generate_rollout(
         prompt_len=prompt_ids.shape[1],
         response_lengths=lengths,
         truncated=truncated,
-        prompt_index=torch.arange(len(prompts), device=response_ids.device).repeat_interleave(group_size),  # [N]
-        group_size=group_size,
         texts=texts,
         generation_seconds=seconds,
-        tokens_generated=int(lengths.sum()),
         sampled_logprobs=None if sampled is None else sampled * response_mask,  # [N, L]
     )

@@ -33,9 +33,11 @@ class MethodArgs:
             so ``trainer.max_steps`` counts μ steps per rollout batch (as TRL's GRPOTrainer counts them).
         mask_truncated: Mask responses that hit max_new_tokens out of the loss (DAPO overlong masking).
         dynamic_sampling: DAPO dynamic sampling: drop groups whose correctness rewards are all equal from
-            the loss and its normalisers (no refill yet: the step trains on the remaining groups).
+            the loss and its normalisers, and sample further prompts until B informative groups are kept.
+        max_refill_rounds: With dynamic_sampling, at most this many extra generation rounds (each of B new
+            prompts) per step; when they are spent the step trains on the groups it has and logs a warning.
+            0 never refills (as verl's ``max_num_gen_batches`` bounds DAPO's).
         lambda_init: Initial λ of the λ-GRPO aggregation.
-        lambda_lr: Learning rate of λ (its own parameter group, no weight decay).
         r_len: λ-GRPO length sensitivity r_len.
         h_min: λ-GRPO floor on h_i, keeping h^λ finite.
     """
@@ -53,8 +55,8 @@ class MethodArgs:
     num_iterations: int = 1
     mask_truncated: bool = False
     dynamic_sampling: bool = False
+    max_refill_rounds: int = 4
     lambda_init: float = 0.0
-    lambda_lr: float = 1e-2
     r_len: float = R_LEN
     h_min: float = H_MIN
 
@@ -90,25 +92,36 @@ class LoraArgs:
 
 @dataclass
 class OptimArgs:
-    """Optimiser and schedule of the policy adapter.
+    """Optimiser and schedule of the policy adapter and of λ.
 
     Attributes:
         lr: Peak learning rate of the LoRA parameters (AdamW).
+        lambda_lr: Learning rate of λ-GRPO's λ (its own parameter group, no weight decay).
         weight_decay: AdamW weight decay of the LoRA parameters.
         betas: AdamW betas.
         warmup_steps: Linear warm-up steps from 0 to lr.
         schedule: After warm-up: constant | cosine (to 0 at the trainer's max_steps).
         grad_clip: Max global grad-norm (policy and λ); <= 0 disables clipping.
-        micro_batch_size: Responses per forward/backward (gradient accumulation over the B·G batch).
-        logprob_chunk: Positions per chunk of the log-prob head, bounding its extra memory.
     """
 
     lr: float = 1e-5
+    lambda_lr: float = 1e-3
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
     warmup_steps: int = 0
     schedule: Literal["constant", "cosine"] = "constant"
     grad_clip: float = 1.0
+
+
+@dataclass
+class ComputeArgs:
+    """How the step's passes are cut to fit memory; the update does not depend on them (up to float rounding).
+
+    Attributes:
+        micro_batch_size: Responses per forward/backward (gradient accumulation over the B·G batch).
+        logprob_chunk: Positions per chunk of the log-prob head, bounding its extra memory.
+    """
+
     micro_batch_size: int = 8
     logprob_chunk: int = 1024
 

@@ -1,24 +1,43 @@
 """What one training step reports: its record (``StepRecord``) and its scalars (``step_metrics``, pure).
 
 Rollout numbers (reward, accuracy, lengths, truncation), reward components and grader diagnostics,
-the optimisation phase's numbers (``OptimResult``), the algorithm metrics of ``lampo_pl.metrics``
-(advantages, clip fractions, KL, LamPO's pair weights, λ) and the phase timings.
+what DAPO dynamic sampling did (groups sampled and kept, rounds), the optimisation phase's numbers
+(``OptimResult``), the algorithm metrics of ``lampo_pl.metrics`` (advantages, clip fractions, KL,
+LamPO's pair weights, λ) and the phase timings (``Phases``, timed by the training step).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
 
 from lampo_pl.advantages import AdvantageOutput
-from lampo_pl.batching import Phases
+from lampo_pl.dynamic_sampling import Sample, SamplingRounds
 from lampo_pl.losses import PolicyLossStats
 from lampo_pl.metrics import AlgoMetrics, advantage_stats
 from lampo_pl.rewards import RewardBatch
 from lampo_pl.rollout import Rollout
+
+
+class Phases:
+    """Wall-clock seconds per named phase of a step: ``with phases("generation"): ...`` (logged as ``time/*_s``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 @dataclass
@@ -49,6 +68,17 @@ class StepRecord:
     group_size: int
     metrics: dict[str, float]
 
+    @classmethod
+    def of_step(cls, step: int, sample: Sample, adv: AdvantageOutput, metrics: dict[str, float]) -> StepRecord:
+        g = sample.rollout.input_ids.shape[0] // len(sample.prompts)
+        return cls(
+            step=step, prompts=sample.prompts, problem_ids=[q.id for q in sample.problems[::g]],
+            texts=sample.rollout.texts, rewards=sample.scored.total, components=sample.scored.components,
+            advantages=adv.advantages.tolist(),
+            pair_weights=None if adv.pair_weights is None else adv.pair_weights.tolist(), group_size=g,
+            metrics=metrics,
+        )
+
 
 @dataclass
 class OptimResult:
@@ -71,27 +101,9 @@ class OptimResult:
     lr: float
 
 
-def algo_metrics(
-    rewards: Tensor, adv: AdvantageOutput, result: OptimResult, group_size: int, lam: Tensor | None
-) -> AlgoMetrics:
-    """The algorithm-level numbers of one step; NaN where they do not apply. rewards: [N]"""
-    st, nan = result.loss_stats, math.nan
-    return AlgoMetrics(
-        loss=result.loss,
-        clip_frac_low=float(st.clip_frac_low) if st else nan,
-        clip_frac_high=float(st.clip_frac_high) if st else nan,
-        clip_frac_region=float(st.clip_frac_region) if st else nan,
-        approx_kl_old=float(st.approx_kl_old) if st else nan,
-        kl_ref=float(st.kl_ref) if st else nan,
-        ratio_mean=float(st.ratio_mean) if st else nan,
-        advantages=advantage_stats(rewards, adv.advantages, group_size, adv.pair_weights),
-        lam=float(lam.detach()) if lam is not None else nan,
-    )
-
-
 def step_metrics(
-    rollout: Rollout, scored: RewardBatch, adv: AdvantageOutput, result: OptimResult, phases: Phases, *,
-    group_size: int, skipped_steps: int, lam: Tensor | None,
+    rollout: Rollout, scored: RewardBatch, adv: AdvantageOutput, result: OptimResult, phases: Phases,
+    rounds: SamplingRounds, *, group_size: int, skipped_steps: int, lam: Tensor | None,
 ) -> dict[str, float]:
     """Every scalar of one step, unprefixed; NaN marks one that does not apply (the caller drops those)."""
     rewards = torch.tensor(scored.total)  # [N]
@@ -112,6 +124,8 @@ def step_metrics(
     }
     metrics |= {f"reward_{k}": float(torch.tensor(v).nanmean()) for k, v in scored.components.items()}  # NaN: None
     metrics |= {f"reward_diag/{k}": float(v) for k, v in scored.diagnostics.items()}
-    metrics |= algo_metrics(rewards, adv, result, group_size, lam).as_dict()
+    metrics |= {f"dynamic_sampling/{k}": float(v) for k, v in asdict(rounds).items()}
+    advantages = advantage_stats(rewards, adv.advantages, group_size, adv.pair_weights)
+    metrics |= AlgoMetrics.of_step(result.loss, result.loss_stats, advantages, lam).as_dict()
     metrics |= {f"time/{k}_s": v for k, v in phases.seconds.items()}
     return metrics

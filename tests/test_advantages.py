@@ -9,7 +9,6 @@ import torch
 
 from lampo_pl.advantages import (
     EPS,
-    compute_advantages,
     confidence_scores,
     estimate_advantages,
     lampo,
@@ -28,7 +27,7 @@ def adv(rewards: list[float], g: int, estimator: str, scores: list[float] | None
     s = None if scores is None else torch.tensor(scores, dtype=torch.float64)
     if estimator == "lampo" and s is None:
         s = torch.zeros_like(r)
-    return compute_advantages(r, g, estimator, seq_scores=s, **kw)
+    return estimate_advantages(r, g, estimator, seq_scores=s, **kw).advantages
 
 
 # ---- hand-computed values ---------------------------------------------------------------------
@@ -83,10 +82,10 @@ def test_lampo_tau0_reduces_to_dr_grpo_and_grpo(seed: int, g: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     r = torch.randint(0, 3, (4 * g,), generator=gen).double() / 2  # rewards in {0, .5, 1}: ties too
     s = torch.randn(4 * g, generator=gen, dtype=torch.float64)
-    a_none = compute_advantages(r, g, "lampo", seq_scores=s, tau=0.0, scale="none")
-    a_std = compute_advantages(r, g, "lampo", seq_scores=s, tau=0.0, scale="group_std")
-    torch.testing.assert_close(a_none, compute_advantages(r, g, "dr_grpo"), rtol=0, atol=1e-12)
-    torch.testing.assert_close(a_std, compute_advantages(r, g, "grpo"), rtol=0, atol=1e-9)
+    a_none = estimate_advantages(r, g, "lampo", seq_scores=s, tau=0.0, scale="none").advantages
+    a_std = estimate_advantages(r, g, "lampo", seq_scores=s, tau=0.0, scale="group_std").advantages
+    torch.testing.assert_close(a_none, estimate_advantages(r, g, "dr_grpo").advantages, rtol=0, atol=1e-12)
+    torch.testing.assert_close(a_std, estimate_advantages(r, g, "grpo").advantages, rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
@@ -95,7 +94,7 @@ def test_advantages_sum_to_zero_per_group(estimator: str, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     r = torch.rand(6 * 5, generator=gen, dtype=torch.float64)
     s = torch.randn(6 * 5, generator=gen, dtype=torch.float64) * 3
-    a = compute_advantages(r, 5, estimator, seq_scores=s, tau=2.0)
+    a = estimate_advantages(r, 5, estimator, seq_scores=s, tau=2.0).advantages
     torch.testing.assert_close(a.view(6, 5).sum(dim=1), torch.zeros(6, dtype=torch.float64), rtol=0, atol=1e-12)
 
 
@@ -105,7 +104,7 @@ def test_all_equal_groups_give_zero_without_nan(estimator: str, g: int) -> None:
     r = torch.tensor([1.0] * g + [0.0] * g)
     s = torch.randn(2 * g)
     for scale in ("none", "group_std") if estimator == "lampo" else ("none",):
-        a = compute_advantages(r, g, estimator, seq_scores=s, scale=scale)
+        a = estimate_advantages(r, g, estimator, seq_scores=s, scale=scale).advantages
         assert torch.isfinite(a).all()
         assert torch.equal(a, torch.zeros_like(a))
 
@@ -114,7 +113,7 @@ def test_group_size_one_gives_zero_everywhere() -> None:
     r = torch.tensor([1.0, 0.0, 0.5])
     for estimator in ESTIMATORS:
         for scale in ("none", "group_std") if estimator == "lampo" else ("none",):
-            a = compute_advantages(r, 1, estimator, seq_scores=torch.randn(3), scale=scale)
+            a = estimate_advantages(r, 1, estimator, seq_scores=torch.randn(3), scale=scale).advantages
             assert torch.equal(a, torch.zeros(3)), estimator
 
 
@@ -180,10 +179,10 @@ def test_vectorized_lampo_matches_loop(seed: int, g: int) -> None:
     s = (torch.randn(n, generator=gen, dtype=torch.float64) * 2).tolist()
     tau = float(torch.rand((), generator=gen) * 3)
     for scale in ("none", "group_std"):
-        got = compute_advantages(
+        got = estimate_advantages(
             torch.tensor(r, dtype=torch.float64), g, "lampo",
             seq_scores=torch.tensor(s, dtype=torch.float64), tau=tau, scale=scale,
-        )
+        ).advantages
         torch.testing.assert_close(got, torch.tensor(lampo_loop(r, s, g, tau, scale), dtype=torch.float64),
                                    rtol=1e-12, atol=1e-12)
 

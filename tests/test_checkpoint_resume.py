@@ -23,7 +23,7 @@ from lampo_pl.module import LamPOModule
 from lampo_pl.policy import adapter_state
 from lampo_pl.rewards import RewardBatch
 from lampo_pl.rollout import Rollout, SamplingParams
-from lampo_pl.settings import LoraArgs, MethodArgs, OptimArgs
+from lampo_pl.settings import ComputeArgs, LoraArgs, MethodArgs, OptimArgs
 
 STEPS = 4  # 3 batches per epoch (6 problems, B = 2): step 2 is mid-epoch, step 3 an epoch boundary
 
@@ -69,8 +69,9 @@ class MemoryLogger(Logger):
 Run = tuple[LamPOModule, MemoryLogger]
 
 
-def run(tmp: Path, *, ckpt_path: Path | None = None, rng: bool = True, save: bool = False) -> Run:
-    """Train the tiny model to STEPS with LamPO and a learnt λ, evaluating every step (the eval must not matter)."""
+def run(tmp: Path, *, ckpt_path: Path | None = None, rng: bool = True, save: bool = False, refill: bool = False) -> Run:
+    """Train the tiny model to STEPS with LamPO and a learnt λ, evaluating every step (the eval must not matter);
+    ``refill``: with DAPO dynamic sampling, whose refill rounds take prompts from the DataModule mid-step."""
     L.seed_everything(0, verbose=False)
     module = ParityReward(
         model="tiny:qwen3",
@@ -78,8 +79,10 @@ def run(tmp: Path, *, ckpt_path: Path | None = None, rng: bool = True, save: boo
         prompts_per_step=2,
         lora=LoraArgs(r=4, alpha=8),
         sampling=SamplingParams(temperature=1.0, max_new_tokens=8),
-        method=MethodArgs(estimator="lampo", aggregation="lambda", beta=0.04, lambda_init=0.5, lambda_lr=0.1),
-        optim=OptimArgs(lr=1e-2, micro_batch_size=4),
+        method=MethodArgs(estimator="lampo", aggregation="lambda", beta=0.04, lambda_init=0.5,
+                          dynamic_sampling=refill, max_refill_rounds=3),
+        optim=OptimArgs(lr=1e-2, lambda_lr=0.1),
+        compute=ComputeArgs(micro_batch_size=4),
     )
     data = ProblemDataModule(
         train_set="synthetic",
@@ -135,6 +138,16 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert any(v.abs().sum() > 0 for v in lora_b), "the policy must have learnt"
 
 
+def test_resume_with_dynamic_sampling_refills_is_exact(tmp_path: Path) -> None:
+    """Refill rounds draw prompts mid-step; the DataModule's saved position covers them (issue 12, item 2)."""
+    straight = run(tmp_path, save=True, refill=True)
+    refills = [AtomicCheckpointIO().load_checkpoint(tmp_path / f"step={k}.ckpt", weights_only=True)
+               ["ProblemDataModule"]["refills"] for k in range(1, STEPS + 1)]
+    assert refills[2] > refills[1], "step 3 must refill (resuming at step 3 then restores a moved refill stream)"
+    for k in (2, 3):
+        assert_same_run(straight, run(tmp_path, ckpt_path=tmp_path / f"step={k}.ckpt", refill=True), after=k)
+
+
 def test_without_rng_state_resume_diverges(tmp_path: Path) -> None:
     """The control: without the RNG callback the resumed rollouts are sampled from another stream."""
     straight = run(tmp_path, save=True)
@@ -176,7 +189,7 @@ from lampo_pl.module import LamPOModule
 from lampo_pl.policy import adapter_state
 from lampo_pl.rewards import RewardBatch
 from lampo_pl.rollout import SamplingParams
-from lampo_pl.settings import MethodArgs, OptimArgs
+from lampo_pl.settings import ComputeArgs, MethodArgs, OptimArgs
 
 class ParityReward(LamPOModule):
     def score(self, rollout, problems):
@@ -198,7 +211,8 @@ tag, ckpt = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
 L.seed_everything(0, verbose=False)
 module = ParityReward(model="tiny:qwen3", group_size=4, prompts_per_step=2,
                       sampling=SamplingParams(temperature=1.0, max_new_tokens=8),
-                      method=MethodArgs(estimator="lampo", beta=0.04), optim=OptimArgs(lr=1e-2, micro_batch_size=4))
+                      method=MethodArgs(estimator="lampo", beta=0.04, dynamic_sampling=True, max_refill_rounds=2),
+                      optim=OptimArgs(lr=1e-2), compute=ComputeArgs(micro_batch_size=4))
 data = ProblemDataModule(train_set="synthetic", eval_sets=[], prompts_per_step=2, synthetic_size=16,
                          synthetic_levels=[1])
 callbacks = [Record(tag), RNGStateCheckpoint()]

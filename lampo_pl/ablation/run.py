@@ -30,7 +30,7 @@ from lampo_pl.checkpointing import write_text_atomic
 from lampo_pl.data.datamodule import ProblemDataModule
 from lampo_pl.module import LamPOModule
 from lampo_pl.rollout import SamplingParams
-from lampo_pl.settings import LoraArgs, OptimArgs, PromptArgs, RewardArgs
+from lampo_pl.settings import ComputeArgs, LoraArgs, OptimArgs, PromptArgs, RewardArgs
 
 
 @dataclass
@@ -84,7 +84,8 @@ def build_run(settings: AblationSettings, method: str) -> tuple[LamPOModule, Pro
         lora=LoraArgs(dtype=s.dtype, quantization=s.quantization, r=s.lora_r, alpha=s.lora_alpha),  # type: ignore[arg-type]
         sampling=SamplingParams(temperature=s.temperature, max_new_tokens=s.max_new_tokens, engine=s.engine),
         method=preset.method,
-        optim=OptimArgs(lr=s.lr, warmup_steps=s.warmup_steps, micro_batch_size=s.micro_batch_size),
+        optim=OptimArgs(lr=s.lr, warmup_steps=s.warmup_steps),
+        compute=ComputeArgs(micro_batch_size=s.micro_batch_size),
         rewards=RewardArgs(correctness=1.0, density=s.density_weight if preset.density else 0.0),
         prompt=PromptArgs(one_shot=s.one_shot),
         track_kl=s.track_kl,

@@ -14,6 +14,11 @@ counting produced batches would skip some on resume. Each batch is a ``ProblemBa
 tagged with its epoch and index); the position moves past a batch when the train loader hands it
 out, and again, authoritatively, when Lightning transfers it to the device for a training step.
 
+DAPO's refill rounds (``refill_batch``) take further prompts mid-step from a second seeded stream over
+the train set (``refill:{seed}:{cycle}`` permutations, cut and sharded over ranks as the main
+stream is), with its own position in the state. The main stream is left untouched: its epochs keep
+their length, which Lightning's sized loader and DataLoader workers reading ahead rely on.
+
 ``transfer_batch_to_device`` is the identity for every loader: problems are host-side text, and
 Lightning's default would fail on the frozen ``Problem`` dataclass.
 """
@@ -205,6 +210,7 @@ class ProblemDataModule(L.LightningDataModule):
         self.train_problems: list[Problem] = []
         self._eval: dict[str, list[Problem]] | None = None
         self._epoch, self._index = 0, 0  # the next training batch: batch `index` of epoch `epoch`
+        self._refills = 0  # refill batches handed out so far (DAPO dynamic sampling), over the whole run
         self._expected: dict[str, int] | None = None  # a loaded state's fingerprint, checked in setup
 
     def _load(self, name: str, source: str | None, split: str | None, limit: int | None, train: bool) -> list[Problem]:
@@ -291,6 +297,23 @@ class ProblemDataModule(L.LightningDataModule):
         else:
             self._epoch, self._index = batch.epoch + 1, 0
 
+    def refill_batch(self) -> list[Problem]:
+        """B further training problems for this rank, for a refill round of DAPO dynamic sampling.
+
+        Refill batch j is batch ``j % batches_per_epoch`` of the permutation seeded by
+        ``refill:{seed}:{j // batches_per_epoch}``, sliced per rank like the main stream. Every rank
+        must take the same number of refill batches per step (the module agrees on it over ranks),
+        so that one saved position (rank 0's) is every rank's.
+        """
+        self.setup("fit")
+        rank, world = self._rank_and_world()
+        cycle, index = divmod(self._refills, self.batches_per_epoch)
+        order = random.Random(f"refill:{self.seed}:{cycle}").sample(range(len(self.train_problems)),
+                                                                    len(self.train_problems))
+        offset = (index * world + rank) * self.prompts_per_step
+        self._refills += 1
+        return [self.train_problems[i] for i in order[offset : offset + self.prompts_per_step]]
+
     def _fingerprint(self) -> dict[str, int]:
         return {
             "seed": self.seed,
@@ -301,11 +324,12 @@ class ProblemDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, int]:
         """The stream position, and what it depends on (checked when loaded)."""
-        return {"epoch": self._epoch, "index": self._index, **self._fingerprint()}
+        return {"epoch": self._epoch, "index": self._index, "refills": self._refills, **self._fingerprint()}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         """Resume the stream at a saved position (checked against this run's data once it is loaded)."""
         self._epoch, self._index = int(state_dict["epoch"]), int(state_dict["index"])
+        self._refills = int(state_dict.get("refills", 0))  # absent in checkpoints from before refill
         self._expected = {key: int(state_dict[key]) for key in self._fingerprint()}
         self._check_state()
 

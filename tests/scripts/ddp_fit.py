@@ -19,7 +19,7 @@ from lampo_pl.module import LamPOModule
 from lampo_pl.policy import adapter_state
 from lampo_pl.rewards import RewardBatch
 from lampo_pl.rollout import Rollout, SamplingParams
-from lampo_pl.settings import MethodArgs, OptimArgs
+from lampo_pl.settings import ComputeArgs, MethodArgs, OptimArgs
 
 
 class LengthReward(LamPOModule):
@@ -49,7 +49,8 @@ def main(out: Path) -> None:
     L.seed_everything(0, verbose=False)
     module = LengthReward(model="tiny:qwen3", group_size=4, prompts_per_step=2,
                           sampling=SamplingParams(temperature=1.0, max_new_tokens=8),
-                          method=MethodArgs(estimator="lampo", beta=0.04), optim=OptimArgs(lr=1e-2, micro_batch_size=4))
+                          method=MethodArgs(estimator="lampo", beta=0.04), optim=OptimArgs(lr=1e-2),
+                          compute=ComputeArgs(micro_batch_size=4))
     data = ProblemDataModule(train_set="synthetic", eval_sets=[], prompts_per_step=2, synthetic_size=16,
                              synthetic_levels=[1])
     trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_steps=2, logger=False,
