@@ -68,12 +68,14 @@ def test_validate_policy_base_and_adapter(tmp_path: Path, monkeypatch: pytest.Mo
     policy, metrics = validate(tmp_path, monkeypatch)
     assert policy["model"]["target"] == "policy" and policy["model"]["name"] == "tiny:qwen3"
     assert policy["evaluation"]["k"] == 2 and policy["evaluation"]["limit"] == 3
-    assert policy["sampling"]["temperature"] == 0.6 and policy["sampling"]["top_p"] == 0.95
+    sampling = policy["sampling"]["synthetic"]  # the published protocol's temperature and top-p, the config's length
+    assert (sampling["temperature"], sampling["top_p"], sampling["max_new_tokens"]) == (0.6, 0.95, 16)
     (result,) = policy["results"]
     assert (result["name"], result["num_problems"], result["num_samples"]) == ("synthetic", 3, 6)
     assert policy["hparams"]["model"] == "tiny:qwen3" and policy["data"]["eval_sets"] == ["synthetic"]
     assert metrics["eval/synthetic/avg@2"] == pytest.approx(result["avg_at_k"])
-    assert "eval/synthetic/pass@2" in metrics
+    assert metrics.keys() >= {"eval/synthetic/pass@2", "eval/synthetic/maj@2", "eval/synthetic/truncated"}
+    assert metrics["eval/synthetic/truncated"] == pytest.approx(result["truncated"])
 
     base, _ = validate(tmp_path, monkeypatch, "--base_model", "true")
     assert base["model"]["target"] == "base" and base["model"]["adapter_sha256"] is None
