@@ -14,7 +14,13 @@ import torch
 import lampo_pl.cli as cli_mod
 from lampo_pl.callbacks import BenchmarkEvaluation
 from lampo_pl.callbacks.adapter import save_policy_adapter
-from lampo_pl.callbacks.evaluation import EVAL_ADAPTER, adapter_sha256, evaluated_adapter, forked_rng
+from lampo_pl.callbacks.evaluation import (
+    EVAL_ADAPTER,
+    PrivateRNG,
+    adapter_sha256,
+    evaluated_adapter,
+    forked_rng,
+)
 from lampo_pl.data.datamodule import ProblemDataModule
 from lampo_pl.evaluation_steps import EvaluationSteps
 from lampo_pl.module import LamPOModule
@@ -155,3 +161,72 @@ def test_trainer_test_runs_the_evaluation(tmp_path: Path) -> None:
     assert record["tag"] == "test" and record["results"][0]["num_samples"] == 6
     assert metrics["eval/synthetic/avg@2"] == record["results"][0]["avg_at_k"]
     assert metrics.keys() >= {"eval/synthetic/pass@1", "eval/synthetic/pass@2"}
+
+
+def test_private_rng_ignores_draws_between_its_uses() -> None:
+    torch.manual_seed(5)
+    outer = torch.rand(3)
+    torch.manual_seed(5)
+    rng = PrivateRNG(7)
+    with rng.active():
+        first = torch.rand(2)
+    torch.rand(5)  # e.g. a DataLoader drawing its base seed between two sampler calls
+    with rng.active():
+        second = torch.rand(2)
+    with PrivateRNG(7).active():
+        expected = torch.rand(4)
+    assert torch.equal(torch.cat([first, second]), expected)
+    torch.manual_seed(5)
+    assert torch.equal(torch.rand(3), outer)  # PrivateRNG(7) itself took nothing from the outer stream
+
+
+def oracle_sampler(pl_module: object) -> Callable:
+    """A sampler factory (``BenchmarkEvaluation.sampler``): answers every synthetic prompt with its own answer."""
+    from lampo_pl.sampler import Completion
+
+    answers = {}
+
+    def sample(prompts: list[str], n: int, params: SamplingParams) -> list[list[Completion]]:
+        assert params.top_p == 0.95 and params.max_new_tokens == 512  # the synthetic set's published protocol
+        return [[Completion(f"\\boxed{{{answers[p]}}}", j == 0, 5) for j in range(n)] for p in prompts]
+
+    real_render = pl_module.render  # type: ignore[attr-defined]
+
+    def render(problems: list, enable_thinking: bool | None = None) -> list[str]:
+        prompts = real_render(problems, enable_thinking=enable_thinking)
+        answers.update({p: q.answer for p, q in zip(prompts, problems, strict=True)})
+        return prompts
+
+    pl_module.render = render  # type: ignore[attr-defined]
+    return sample
+
+
+def tiny_validate(tmp_path: Path, eval_batch_size: int, **callback: object) -> dict:
+    # The fine-tuned tiny model (quickstart) answers about half of level-1 sums: numbers that can differ.
+    module = LamPOModule(model="tiny:qwen3-sft", group_size=2, prompts_per_step=2,
+                         sampling=SamplingParams(max_new_tokens=4), optim=OptimArgs(micro_batch_size=4))
+    data = ProblemDataModule(eval_sets=["synthetic"], prompts_per_step=2, synthetic_size=4, synthetic_eval_size=12,
+                             synthetic_levels=[1], eval_batch_size=eval_batch_size)
+    out = tmp_path / f"b{eval_batch_size}"
+    evaluation = BenchmarkEvaluation(**{"k": 4, "max_new_tokens": 24, "batch_size": 3, "temperature": 1.0,
+                                        "output_dir": str(out), **callback})
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[evaluation],
+                        default_root_dir=tmp_path)
+    trainer.validate(module, datamodule=data, verbose=False)
+    return json.loads((out / "validate_step0.json").read_text())
+
+
+def test_numbers_do_not_depend_on_the_loaders_batch_size(tmp_path: Path) -> None:
+    # Lightning hands batches of 1 or of 4; the sampler gets 3 problems per call either way (batch_size=3).
+    one, four = tiny_validate(tmp_path, 1), tiny_validate(tmp_path, 4)
+    assert one["results"][0]["num_problems"] == 12
+    assert 0 < one["results"][0]["avg_at_k"] < 1  # not a trivial all-wrong (or all-right) run
+    assert one["results"] == four["results"]
+
+
+def test_a_sampler_factory_replaces_the_native_sampler(tmp_path: Path) -> None:
+    record = tiny_validate(tmp_path, 2, sampler="tests.test_eval_callback.oracle_sampler", max_new_tokens=None)
+    (result,) = record["results"]
+    assert (result["avg_at_k"], result["maj_at_k"], result["truncated"]) == (1.0, 1.0, 0.25)  # 1 of k=4 cut
+    with pytest.raises(ValueError, match=r"cannot import 'no\.such\.factory'"):
+        tiny_validate(tmp_path, 2, sampler="no.such.factory")

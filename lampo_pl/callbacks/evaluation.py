@@ -31,6 +31,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from peft import PeftModel, get_peft_model_state_dict
@@ -120,6 +121,44 @@ def forked_rng(seed: int) -> Iterator[None]:
         yield
 
 
+class PrivateRNG:
+    """An RNG stream (CPU and the current CUDA device) seeded once; only the bodies of ``active()`` advance it.
+
+    Between sampler calls Lightning's loaders draw from the global generator (a DataLoader draws a base
+    seed whenever an iterator starts): those draws must shift neither training's stream nor this one,
+    or ``fit`` and ``validate`` would sample differently from the same weights.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self._cuda = torch.cuda.is_available()
+        with forked_rng(seed):
+            self._cpu_state, self._cuda_state = self._states()
+
+    def _states(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return torch.get_rng_state(), torch.cuda.get_rng_state() if self._cuda else None
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Draw from this stream in the body; the outer stream is restored after."""
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if self._cuda else []):
+            torch.set_rng_state(self._cpu_state)
+            if self._cuda_state is not None:
+                torch.cuda.set_rng_state(self._cuda_state)
+            yield
+            self._cpu_state, self._cuda_state = self._states()
+
+
+def rich_bar_in_jupyter(trainer: L.Trainer) -> bool:
+    """Whether Lightning's Rich progress bar is live in Jupyter, where any write to sys.stdout/stderr recurses
+    without end (rich's FileProxy.flush -> ipykernel's flush of its streams -> FileProxy.flush): the reason the
+    evaluation reports through the logger and shows no bar of its own there."""
+    if not isinstance(trainer.progress_bar_callback, RichProgressBar):
+        return False
+    from rich import get_console  # installed whenever a RichProgressBar runs
+
+    return get_console().is_jupyter
+
+
 class BenchmarkEvaluation(L.Callback):
     """avg@k, pass@k, maj@k and the truncated fraction of the policy on named evaluation sets."""
 
@@ -170,7 +209,8 @@ class BenchmarkEvaluation(L.Callback):
         self.output_dir, self.progress, self.sampler = output_dir, progress, sampler
         self.history: list[dict[str, Any]] = []
         self._checkpoint_step: int | None = None
-        self._session: ExitStack | None = None  # the open evaluation: RNG stream, adapter, sampler
+        self._session: ExitStack | None = None  # the open evaluation: the evaluated adapter
+        self._rng = PrivateRNG(seed)
         self._sampler: Sampler | None = None
         self._identity: dict[str, Any] = {}
         self._sets: dict[str, tuple[list[Problem], Graded]] = {}  # set name -> problems so far, their grades
@@ -252,18 +292,18 @@ class BenchmarkEvaluation(L.Callback):
         self.open(trainer, pl_module)
         names = trainer.datamodule.eval_names  # type: ignore[attr-defined]
         for idx, loader in enumerate(trainer.datamodule.val_dataloader()):  # type: ignore[attr-defined]
-            bar = tqdm(loader, desc=f"eval {names[idx]}", disable=not (self.progress and trainer.is_global_zero),
-                       leave=False)
+            show = self.progress and trainer.is_global_zero and not rich_bar_in_jupyter(trainer)
+            bar = tqdm(loader, desc=f"eval {names[idx]}", disable=not show, leave=False)
             for batch in bar:
                 self.add_batch(pl_module, names[idx], batch)
         return self.close(trainer, pl_module, tag)
 
     def open(self, trainer: L.Trainer, pl_module: Any) -> None:
-        """Start an evaluation: private RNG stream, the evaluated adapter active, the sampler built."""
+        """Start an evaluation: a fresh private RNG stream, the evaluated adapter active, the sampler built."""
         self._session, self._sets, self._start = ExitStack(), {}, time.perf_counter()
         self._pending, self._pending_set = [], None
         model = pl_module.policy_model
-        self._session.enter_context(forked_rng(self.seed))
+        self._rng = PrivateRNG(self.seed)
         adapter = self._session.enter_context(evaluated_adapter(model, self.target))
         self._sampler = load_sampler_factory(self.sampler)(pl_module) if self.sampler else native_sampler(pl_module)
         self._identity = {
@@ -298,7 +338,8 @@ class BenchmarkEvaluation(L.Callback):
         problems, graded = self._sets[self._pending_set]
         prompts = pl_module.render(chunk, enable_thinking=self.enable_thinking)
         params = self.sampling(pl_module, self._pending_set)
-        graded.extend(sample_and_grade(self._sampler, chunk, prompts, self.k, params))
+        with self._rng.active():
+            graded.extend(sample_and_grade(self._sampler, chunk, prompts, self.k, params))
         problems.extend(chunk)
 
     def close(self, trainer: L.Trainer, pl_module: Any, tag: str) -> list[EvalResult]:
