@@ -230,3 +230,20 @@ def test_a_sampler_factory_replaces_the_native_sampler(tmp_path: Path) -> None:
     assert (result["avg_at_k"], result["maj_at_k"], result["truncated"]) == (1.0, 1.0, 0.25)  # 1 of k=4 cut
     with pytest.raises(ValueError, match=r"cannot import 'no\.such\.factory'"):
         tiny_validate(tmp_path, 2, sampler="no.such.factory")
+
+
+def test_an_evaluation_during_fit_leaves_the_training_stream_alone(tmp_path: Path) -> None:
+    module = LamPOModule(model="tiny:qwen3", group_size=2, prompts_per_step=2,
+                         sampling=SamplingParams(max_new_tokens=4), optim=OptimArgs(micro_batch_size=4))
+    data = ProblemDataModule(eval_sets=["synthetic"], prompts_per_step=2, synthetic_size=4, synthetic_eval_size=3,
+                             eval_batch_size=1)
+    evaluation = BenchmarkEvaluation(k=2, max_new_tokens=4, output_dir=str(tmp_path), progress=False)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[evaluation],
+                        default_root_dir=tmp_path)
+    trainer.validate(module, datamodule=data, verbose=False)  # attaches the module and the data
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    evaluation.run(trainer, module, "probe")  # what on_train_batch_end does every N steps
+    assert torch.equal(torch.rand(3), expected)
+    assert evaluation.history[-1]["results"] == evaluation.history[0]["results"]  # same weights, same numbers

@@ -289,14 +289,16 @@ class BenchmarkEvaluation(L.Callback):
 
     def run(self, trainer: L.Trainer, pl_module: Any, tag: str) -> list[EvalResult]:
         """Evaluate every set now (during ``fit``: the data module's validation loaders); report under ``tag``."""
-        self.open(trainer, pl_module)
         names = trainer.datamodule.eval_names  # type: ignore[attr-defined]
-        for idx, loader in enumerate(trainer.datamodule.val_dataloader()):  # type: ignore[attr-defined]
-            show = self.progress and trainer.is_global_zero and not rich_bar_in_jupyter(trainer)
-            bar = tqdm(loader, desc=f"eval {names[idx]}", disable=not show, leave=False)
-            for batch in bar:
-                self.add_batch(pl_module, names[idx], batch)
-        return self.close(trainer, pl_module, tag)
+        show = self.progress and trainer.is_global_zero and not rich_bar_in_jupyter(trainer)
+        # A DataLoader draws a base seed from the global generator per iterator: forked, so that
+        # training samples next exactly what it would have without this evaluation.
+        with torch.random.fork_rng(devices=[]):
+            self.open(trainer, pl_module)
+            for idx, loader in enumerate(trainer.datamodule.val_dataloader()):  # type: ignore[attr-defined]
+                for batch in tqdm(loader, desc=f"eval {names[idx]}", disable=not show, leave=False):
+                    self.add_batch(pl_module, names[idx], batch)
+            return self.close(trainer, pl_module, tag)
 
     def open(self, trainer: L.Trainer, pl_module: Any) -> None:
         """Start an evaluation: a fresh private RNG stream, the evaluated adapter active, the sampler built."""
