@@ -20,6 +20,7 @@ from lampo_pl.callbacks.evaluation import (
     adapter_sha256,
     evaluated_adapter,
     forked_rng,
+    native_sampler,
 )
 from lampo_pl.data.datamodule import ProblemDataModule
 from lampo_pl.evaluation_steps import EvaluationSteps
@@ -247,3 +248,9 @@ def test_an_evaluation_during_fit_leaves_the_training_stream_alone(tmp_path: Pat
     evaluation.run(trainer, module, "probe")  # what on_train_batch_end does every N steps
     assert torch.equal(torch.rand(3), expected)
     assert evaluation.history[-1]["results"] == evaluation.history[0]["results"]  # same weights, same numbers
+
+
+def test_native_sampler_takes_the_evaluations_rows_per_call() -> None:
+    module = SimpleNamespace(policy_model=None, tokenizer=None, max_context=None, generation_batch_size=16)
+    assert native_sampler(module).generation_batch_size == 16  # type: ignore[attr-defined]
+    assert native_sampler(module, 2).generation_batch_size == 2  # type: ignore[attr-defined]

@@ -54,10 +54,11 @@ from lampo_pl.sampler import NativeSampler, Sampler
 EVAL_ADAPTER = "evaluated"  # name under which an adapter folder is loaded next to `policy` and `reference`
 
 
-def native_sampler(pl_module: Any) -> Sampler:
-    """The default sampler: lampo-pl's decode loop over the module's model (its active adapter)."""
+def native_sampler(pl_module: Any, generation_batch_size: int | None = None) -> Sampler:
+    """The default sampler: lampo-pl's decode loop over the module's model (its active adapter), the module's
+    rows per decode call unless ``generation_batch_size`` says otherwise."""
     return NativeSampler(pl_module.policy_model, pl_module.tokenizer, max_context=pl_module.max_context,
-                         generation_batch_size=pl_module.generation_batch_size)
+                         generation_batch_size=generation_batch_size or pl_module.generation_batch_size)
 
 
 def load_sampler_factory(path: str) -> Any:
@@ -179,6 +180,7 @@ class BenchmarkEvaluation(L.Callback):
         target: str = "policy",
         progress: bool = True,
         sampler: str | None = None,
+        generation_batch_size: int | None = None,
     ) -> None:
         """Args:
         k: Samples per problem (lighteval's default is 1; maj@k needs k > 1).
@@ -199,6 +201,8 @@ class BenchmarkEvaluation(L.Callback):
         progress: Show a progress bar while generating during ``fit`` (validate/test show Lightning's).
         sampler: Import path of a factory ``(pl_module) -> Sampler`` (``lampo_pl/sampler.py``), called with
             the evaluated adapter active; null: the native sampler (``native_sampler``).
+        generation_batch_size: Rows per decode call of the native sampler while evaluating (its KV cache grows
+            with rows × max_new_tokens; docs/evaluation.md); null: the module's ``generation_batch_size``.
         """
         if k < 1 or batch_size < 1:
             raise ValueError(f"BenchmarkEvaluation: k ({k}) and batch_size ({batch_size}) must be >= 1")
@@ -207,6 +211,7 @@ class BenchmarkEvaluation(L.Callback):
         self.every_n_steps, self.at_start, self.at_end = every_n_steps, at_start, at_end
         self.limit, self.batch_size, self.seed = limit, batch_size, seed
         self.output_dir, self.progress, self.sampler = output_dir, progress, sampler
+        self.generation_batch_size = generation_batch_size
         self.history: list[dict[str, Any]] = []
         self._checkpoint_step: int | None = None
         self._session: ExitStack | None = None  # the open evaluation: the evaluated adapter
@@ -307,7 +312,8 @@ class BenchmarkEvaluation(L.Callback):
         model = pl_module.policy_model
         self._rng = PrivateRNG(self.seed)
         adapter = self._session.enter_context(evaluated_adapter(model, self.target))
-        self._sampler = load_sampler_factory(self.sampler)(pl_module) if self.sampler else native_sampler(pl_module)
+        self._sampler = (load_sampler_factory(self.sampler)(pl_module) if self.sampler
+                         else native_sampler(pl_module, self.generation_batch_size))
         self._identity = {
             "name": pl_module.model_name,
             "target": self.target,
@@ -372,7 +378,7 @@ class BenchmarkEvaluation(L.Callback):
 
     def settings(self) -> dict[str, Any]:
         names = ("k", "temperature", "top_p", "max_new_tokens", "enable_thinking", "limit", "batch_size", "seed",
-                 "target", "sampler")
+                 "target", "sampler", "generation_batch_size")
         return {name: getattr(self, name) for name in names}
 
     # ---- where -------------------------------------------------------------------------------------
