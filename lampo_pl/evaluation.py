@@ -96,18 +96,20 @@ def majority_vote(answers: Sequence[str | None], same: Callable[[str, str], bool
     ``same(a, b)`` decides equality between an answer and a class's first member; ``None`` answers do
     not vote. Ties go to the class that appeared first.
     """
-    classes: list[list[int]] = []  # each: indices into answers, first member = representative
+    representatives: list[str] = []  # each class's first answer
+    members: list[list[int]] = []  # each class's indices into answers
     for i, answer in enumerate(answers):
         if answer is None:
             continue
-        home = next((c for c in classes if answer == answers[c[0]] or same(answer, answers[c[0]])), None)  # type: ignore[arg-type]
+        home = next((c for c, rep in enumerate(representatives) if answer == rep or same(answer, rep)), None)
         if home is None:
-            classes.append([i])
+            representatives.append(answer)
+            members.append([i])
         else:
-            home.append(i)
-    if not classes:
+            members[home].append(i)
+    if not members:
         return None
-    return max(classes, key=len)[0]  # max keeps the first of equal lengths
+    return max(members, key=len)[0]  # max keeps the first of equal lengths
 
 
 @dataclass
