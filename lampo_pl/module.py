@@ -141,10 +141,12 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         pairs = (("correctness", r.correctness), ("density", r.density), ("format", r.format))
         return [RewardSpec(name, weight) for name, weight in pairs if weight != 0]
 
-    def render(self, problems: list[Problem]) -> list[str]:
+    def render(self, problems: list[Problem], enable_thinking: bool | None = None) -> list[str]:
+        """Chat prompts of ``problems``; ``enable_thinking`` overrides the prompt settings' (evaluation's own)."""
         p = self.prompt
+        thinking = p.enable_thinking if enable_thinking is None else enable_thinking
         few_shot = one_shot_example() if p.one_shot else ()
-        return [render_prompt(self.tokenizer, q, system_prompt=p.system_prompt, enable_thinking=p.enable_thinking,
+        return [render_prompt(self.tokenizer, q, system_prompt=p.system_prompt, enable_thinking=thinking,
                               few_shot=few_shot) for q in problems]
 
     # ---- the step -------------------------------------------------------------------------------

@@ -105,7 +105,7 @@ class OptimArgs:
     """
 
     lr: float = 1e-5
-    lambda_lr: float = 1e-3
+    lambda_lr: float = 1e-2
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
     warmup_steps: int = 0

@@ -127,6 +127,7 @@ def run_one(settings: AblationSettings, method: str, seed: int, out_dir: str | P
             history = StepHistory()
             evaluation = BenchmarkEvaluation(
                 k=settings.eval_k, temperature=settings.eval_temperature, top_p=1.0, every_n_steps=settings.eval_every,
+                max_new_tokens=settings.max_new_tokens,  # the ablation evaluates at its training length
                 batch_size=settings.eval_problems, seed=1234, output_dir=str(out / "eval" / name), progress=False,
             )
             trainer = L.Trainer(

@@ -1,14 +1,17 @@
 """Evaluate the policy, the base model or a saved adapter on the data module's benchmark sets.
 
 When: before training, every N steps and after training (``fit``), and once per ``lampo validate``
-or ``lampo test`` (with ``lampo_pl.evaluation_steps.EvaluationSteps`` on the module, Lightning runs
-those loops; the evaluation itself happens here when their epoch ends, so that one set of settings
-serves every stage).
+or ``lampo test``. Under validate/test the batches are Lightning's (the data module's validation or
+test loaders, one per set; ``--trainer.limit_val_batches`` works); during ``fit``, where Lightning runs
+no validation, the callback iterates the same loaders itself. Each batch goes through the plain
+functions of ``lampo_pl.evaluation`` (``sample_and_grade``, then ``summarise`` per set) with a
+``Sampler`` (``lampo_pl/sampler.py``): the native one by default, or whatever ``sampler`` builds.
 
-What is written per evaluation: a printed table; ``eval/<set>/avg@k``, ``pass@j`` and breakdown
-scalars plus the table as text to the loggers (TensorBoard); and ``<output_dir>/<tag>_step<N>.json``
-with the numbers, the evaluation and model settings and the model's identity (name, which adapter,
-a SHA-256 of its weights, the checkpoint it came from).
+What is written per evaluation: a table (through Lightning's logger, ``rank_zero_info``, so that it
+never fights a progress bar over stdout in Jupyter); ``eval/<set>/avg@k``, ``pass@j``, ``maj@k``,
+``truncated`` and breakdown scalars plus the table as text to the loggers (TensorBoard); and
+``<output_dir>/<tag>_step<N>.json`` with the numbers, the evaluation and sampling settings and the
+model's identity (name, which adapter, a SHA-256 of its weights, the checkpoint it came from).
 
 Sampling draws from a private RNG stream seeded by ``seed``: an evaluation never changes what
 training samples next, and evaluating the same weights twice gives the same numbers.
@@ -17,42 +20,54 @@ training samples next, and evaluating the same weights twice gives the same numb
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 from peft import PeftModel, get_peft_model_state_dict
+from tqdm.auto import tqdm
 
 from lampo_pl.checkpointing import write_text_atomic
 from lampo_pl.data.record import Problem
-from lampo_pl.evaluation import EvalResult, Generate, evaluate, format_table
-from lampo_pl.rollout import SamplingParams, generate_rollout
+from lampo_pl.evaluation import (
+    EvalResult,
+    Graded,
+    format_table,
+    protocol,
+    result_metrics,
+    sample_and_grade,
+    summarise,
+)
+from lampo_pl.rollout import SamplingParams
+from lampo_pl.sampler import NativeSampler, Sampler
 
 EVAL_ADAPTER = "evaluated"  # name under which an adapter folder is loaded next to `policy` and `reference`
 
 
-def policy_generator(pl_module: Any, sampling: SamplingParams) -> Generate:
-    """A ``Generate`` that samples from the module's model with its active adapter (one call per chunk)."""
+def native_sampler(pl_module: Any, generation_batch_size: int | None = None) -> Sampler:
+    """The default sampler: lampo-pl's decode loop over the module's model (its active adapter), the module's
+    rows per decode call unless ``generation_batch_size`` says otherwise."""
+    return NativeSampler(pl_module.policy_model, pl_module.tokenizer, max_context=pl_module.max_context,
+                         generation_batch_size=generation_batch_size or pl_module.generation_batch_size)
 
-    def generate(problems: list[Problem], k: int) -> list[str]:
-        rollout = generate_rollout(
-            pl_module.policy_model,
-            pl_module.tokenizer,
-            pl_module.render(problems),
-            k,
-            sampling,
-            max_context=pl_module.max_context,
-        )
-        return rollout.texts
 
-    return generate
+def load_sampler_factory(path: str) -> Any:
+    """``"package.module.name"`` -> the object it names; one clear line when it does not exist."""
+    module_name, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"BenchmarkEvaluation.sampler: cannot import {path!r} ({err})") from err
 
 
 @contextmanager
@@ -107,41 +122,52 @@ def forked_rng(seed: int) -> Iterator[None]:
         yield
 
 
-@contextmanager
-def thinking_mode(pl_module: Any, enable_thinking: bool | None) -> Iterator[None]:
-    """Render prompts with ``enable_thinking`` for the body (``None``: the module's own prompt settings).
+class PrivateRNG:
+    """An RNG stream (CPU and the current CUDA device) seeded once; only the bodies of ``active()`` advance it.
 
-    The module's ``render`` stays the one place that builds prompts; only its setting is swapped.
+    Between sampler calls Lightning's loaders draw from the global generator (a DataLoader draws a base
+    seed whenever an iterator starts): those draws must shift neither training's stream nor this one,
+    or ``fit`` and ``validate`` would sample differently from the same weights.
     """
-    if enable_thinking is None:
-        yield
-        return
-    saved = pl_module.prompt
-    pl_module.prompt = replace(saved, enable_thinking=enable_thinking)
-    try:
-        yield
-    finally:
-        pl_module.prompt = saved
+
+    def __init__(self, seed: int) -> None:
+        self._cuda = torch.cuda.is_available()
+        with forked_rng(seed):
+            self._cpu_state, self._cuda_state = self._states()
+
+    def _states(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return torch.get_rng_state(), torch.cuda.get_rng_state() if self._cuda else None
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Draw from this stream in the body; the outer stream is restored after."""
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if self._cuda else []):
+            torch.set_rng_state(self._cpu_state)
+            if self._cuda_state is not None:
+                torch.cuda.set_rng_state(self._cuda_state)
+            yield
+            self._cpu_state, self._cuda_state = self._states()
 
 
-def result_metrics(results: list[EvalResult], prefix: str = "eval") -> dict[str, float]:
-    """Scalars for the loggers: ``eval/<set>/avg@k``, ``eval/<set>/pass@j``, ``eval/<set>/<bucket>/avg@k``."""
-    metrics: dict[str, float] = {}
-    for r in results:
-        metrics[f"{prefix}/{r.name}/avg@{r.k}"] = r.avg_at_k
-        metrics |= {f"{prefix}/{r.name}/pass@{j}": v for j, v in r.pass_at.items()}
-        metrics |= {f"{prefix}/{r.name}/{b}/avg@{r.k}": bucket.avg_at_k for b, bucket in r.breakdown.items()}
-    return metrics
+def rich_bar_in_jupyter(trainer: L.Trainer) -> bool:
+    """Whether Lightning's Rich progress bar is live in Jupyter, where any write to sys.stdout/stderr recurses
+    without end (rich's FileProxy.flush -> ipykernel's flush of its streams -> FileProxy.flush): the reason the
+    evaluation reports through the logger and shows no bar of its own there."""
+    if not isinstance(trainer.progress_bar_callback, RichProgressBar):
+        return False
+    from rich import get_console  # installed whenever a RichProgressBar runs
+
+    return get_console().is_jupyter
 
 
 class BenchmarkEvaluation(L.Callback):
-    """avg@k and pass@k of the policy on named evaluation sets, printed, logged and saved as JSON."""
+    """avg@k, pass@k, maj@k and the truncated fraction of the policy on named evaluation sets."""
 
     def __init__(
         self,
         k: int = 1,
-        temperature: float = 0.6,
-        top_p: float = 0.95,
+        temperature: float | None = None,
+        top_p: float | None = None,
         max_new_tokens: int | None = None,
         enable_thinking: bool | None = None,
         every_n_steps: int = 0,
@@ -153,30 +179,49 @@ class BenchmarkEvaluation(L.Callback):
         output_dir: str | None = None,
         target: str = "policy",
         progress: bool = True,
+        sampler: str | None = None,
+        generation_batch_size: int | None = None,
     ) -> None:
         """Args:
-        k: Samples per problem.
-        temperature: Sampling temperature (0.6 is the reasoning-RL convention; 0 is greedy).
-        top_p: Nucleus sampling threshold.
-        max_new_tokens: Response budget; null: the training rollout's.
+        k: Samples per problem (lighteval's default is 1; maj@k needs k > 1).
+        temperature: Sampling temperature (0 is greedy); null: the benchmark's published protocol (0.6,
+            ``lampo_pl.evaluation.PUBLISHED``, docs/evaluation.md).
+        top_p: Nucleus sampling threshold; null: the benchmark's published protocol (0.95).
+        max_new_tokens: Response budget of the evaluation, separate from training's; null: the benchmark's
+            published protocol (32,768 for MATH-500, AIME, GPQA-Diamond as in open-r1 and lighteval).
         enable_thinking: Thinking mode of chat templates that have one (Qwen3); null: the training prompt's.
         every_n_steps: Also evaluate every N training steps (0: never).
         at_start: Evaluate before the first training step.
         at_end: Evaluate after the last training step.
         limit: Evaluate only the first N problems of each set.
-        batch_size: Problems per generation batch (each sampled k times).
+        batch_size: Problems per sampler call (each sampled k times).
         seed: Seed of the evaluation's own random stream (training's RNG is left untouched).
         output_dir: Where JSON results go; null: ``<log_dir>/eval``.
         target: What to evaluate: ``policy``, ``base`` (adapters disabled) or a PEFT adapter folder.
-        progress: Show a progress bar while generating.
+        progress: Show a progress bar while generating during ``fit`` (validate/test show Lightning's).
+        sampler: Import path of a factory ``(pl_module) -> Sampler`` (``lampo_pl/sampler.py``), called with
+            the evaluated adapter active; null: the native sampler (``native_sampler``).
+        generation_batch_size: Rows per decode call of the native sampler while evaluating (its KV cache grows
+            with rows × max_new_tokens; docs/evaluation.md); null: the module's ``generation_batch_size``.
         """
+        if k < 1 or batch_size < 1:
+            raise ValueError(f"BenchmarkEvaluation: k ({k}) and batch_size ({batch_size}) must be >= 1")
         self.k, self.temperature, self.top_p, self.max_new_tokens = k, temperature, top_p, max_new_tokens
         self.enable_thinking, self.target = enable_thinking, target
         self.every_n_steps, self.at_start, self.at_end = every_n_steps, at_start, at_end
         self.limit, self.batch_size, self.seed = limit, batch_size, seed
-        self.output_dir, self.progress = output_dir, progress
+        self.output_dir, self.progress, self.sampler = output_dir, progress, sampler
+        self.generation_batch_size = generation_batch_size
         self.history: list[dict[str, Any]] = []
         self._checkpoint_step: int | None = None
+        self._session: ExitStack | None = None  # the open evaluation: the evaluated adapter
+        self._rng: PrivateRNG | None = None  # the open evaluation's sampling stream
+        self._sampler: Sampler | None = None
+        self._identity: dict[str, Any] = {}
+        self._sets: dict[str, tuple[list[Problem], Graded]] = {}  # set name -> problems so far, their grades
+        self._pending: list[Problem] = []  # problems of `_pending_set` waiting for a full sampler call
+        self._pending_set: str | None = None
+        self._start = 0.0
 
     # ---- when --------------------------------------------------------------------------------------
 
@@ -192,15 +237,36 @@ class BenchmarkEvaluation(L.Callback):
         done_here = bool(self.history) and self.history[-1]["step"] == self.step(trainer)
         if self.at_end and not done_here:  # every_n_steps may just have evaluated these weights
             self.run(trainer, pl_module, "end")
-        if len(self.history) > 1 and trainer.is_global_zero:
-            print(f"\nevaluations of this run\n{format_history(self.history)}")
+        if len(self.history) > 1:
+            rank_zero_info(f"\nevaluations of this run\n{format_history(self.history)}")
+
+    def _in_eval_stage(self, trainer: L.Trainer) -> bool:
+        # During fit Lightning may run the (empty) validation loop too; fit has its own schedule above.
+        return trainer.state.fn in ("validate", "test") and not trainer.sanity_checking
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if self._in_eval_stage(trainer):
+            self.open(trainer, pl_module)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: list[Problem],
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._in_eval_stage(trainer):
+            self.add_batch(pl_module, set_name(trainer, dataloader_idx), batch)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
-        # During fit Lightning may run the (empty) validation loop too; fit has its own schedule above.
-        if trainer.state.fn in ("validate", "test") and not trainer.sanity_checking:
-            self.run(trainer, pl_module, trainer.state.fn.value)
+        if self._in_eval_stage(trainer):
+            results = self.close(trainer, pl_module, trainer.state.fn.value)
+            # Through Lightning: trainer.validate/test then return these numbers too.
+            pl_module.log_dict(result_metrics(results), add_dataloader_idx=False)
 
+    on_test_epoch_start = on_validation_epoch_start
+    on_test_batch_end = on_validation_batch_end
     on_test_epoch_end = on_validation_epoch_end
+
+    def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
+        if self._session is not None:  # put the adapter back even when a run fails
+            self._session.close()
+            self._session = None
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         # validate/test restore only the weights, not the loops: remember which step those weights are.
@@ -214,103 +280,130 @@ class BenchmarkEvaluation(L.Callback):
 
     # ---- what --------------------------------------------------------------------------------------
 
-    def sampling(self, pl_module: Any) -> SamplingParams:
-        """The training rollout's sampler (engine, LoRA merging) with this evaluation's own settings."""
+    def sampling(self, pl_module: Any, name: str) -> SamplingParams:
+        """The training rollout's sampler settings (engine, LoRA merging) with this evaluation's own for ``name``."""
+        published = protocol(name)
         return replace(
             pl_module.sampling,
-            temperature=self.temperature,
-            top_p=self.top_p,
+            temperature=published.temperature if self.temperature is None else self.temperature,
+            top_p=published.top_p if self.top_p is None else self.top_p,
             top_k=0,
-            max_new_tokens=self.max_new_tokens or pl_module.sampling.max_new_tokens,
+            max_new_tokens=self.max_new_tokens or published.max_new_tokens,
             min_new_tokens=0,  # graded answers come from π itself, whatever a benchmark forces in training
         )
 
-    def problem_sets(self, trainer: L.Trainer) -> dict[str, list[Problem]]:
-        sets: dict[str, list[Problem]] = trainer.datamodule.eval_sets()  # type: ignore[attr-defined]
-        return {name: problems[: self.limit] if self.limit else problems for name, problems in sets.items()}
-
     def run(self, trainer: L.Trainer, pl_module: Any, tag: str) -> list[EvalResult]:
-        """Evaluate every set now; print, log and save the results under ``tag``."""
-        sampling = self.sampling(pl_module)
-        enable_thinking = pl_module.prompt.enable_thinking if self.enable_thinking is None else self.enable_thinking
-        start = time.perf_counter()
+        """Evaluate every set now (during ``fit``: the data module's validation loaders); report under ``tag``."""
+        names = trainer.datamodule.eval_names  # type: ignore[attr-defined]
+        show = self.progress and trainer.is_global_zero and not rich_bar_in_jupyter(trainer)
+        # A DataLoader draws a base seed from the global generator per iterator: forked, so that
+        # training samples next exactly what it would have without this evaluation.
+        with torch.random.fork_rng(devices=[]):
+            self.open(trainer, pl_module)
+            for idx, loader in enumerate(trainer.datamodule.val_dataloader()):  # type: ignore[attr-defined]
+                for batch in tqdm(loader, desc=f"eval {names[idx]}", disable=not show, leave=False):
+                    self.add_batch(pl_module, names[idx], batch)
+            return self.close(trainer, pl_module, tag)
+
+    def open(self, trainer: L.Trainer, pl_module: Any) -> None:
+        """Start an evaluation: a fresh private RNG stream, the evaluated adapter active, the sampler built."""
+        self._session, self._sets, self._start = ExitStack(), {}, time.perf_counter()
+        self._pending, self._pending_set = [], None
         model = pl_module.policy_model
-        with (
-            forked_rng(self.seed),
-            evaluated_adapter(model, self.target) as adapter,
-            thinking_mode(pl_module, self.enable_thinking),
-        ):
-            generate = policy_generator(pl_module, sampling)
-            results = [
-                evaluate(
-                    name,
-                    problems,
-                    generate,
-                    k=self.k,
-                    batch_size=self.batch_size,
-                    thinking=bool(enable_thinking),
-                    progress=self.progress and trainer.is_global_zero,
-                )
-                for name, problems in self.problem_sets(trainer).items()
-            ]
-            identity = {
-                "name": pl_module.model_name,
-                "target": self.target,
-                "adapter_sha256": adapter_sha256(model, adapter),
-                "checkpoint": None if trainer.ckpt_path is None else str(trainer.ckpt_path),
-            }
+        self._rng = PrivateRNG(self.seed)
+        adapter = self._session.enter_context(evaluated_adapter(model, self.target))
+        self._sampler = (load_sampler_factory(self.sampler)(pl_module) if self.sampler
+                         else native_sampler(pl_module, self.generation_batch_size))
+        self._identity = {
+            "name": pl_module.model_name,
+            "target": self.target,
+            "adapter_sha256": adapter_sha256(model, adapter),
+            "checkpoint": None if trainer.ckpt_path is None else str(trainer.ckpt_path),
+        }
+
+    def add_batch(self, pl_module: Any, name: str, batch: list[Problem]) -> None:
+        """Queue one batch of set ``name`` (problems past ``limit`` are skipped) and grade every full chunk.
+
+        The sampler gets ``batch_size`` problems per call whatever the loader's batch size: the numbers
+        depend on the evaluation's own settings only.
+        """
+        assert self._session is not None, "add_batch outside open/close"
+        if self._pending and self._pending_set != name:
+            self.flush(pl_module)
+        problems, _ = self._sets.setdefault(name, ([], Graded()))
+        room = len(batch) if self.limit is None else max(self.limit - len(problems) - len(self._pending), 0)
+        self._pending_set = name
+        self._pending += list(batch)[:room]
+        while len(self._pending) >= self.batch_size:
+            self.flush(pl_module, self.batch_size)
+
+    def flush(self, pl_module: Any, count: int | None = None) -> None:
+        """Sample and grade the first ``count`` queued problems (all by default)."""
+        assert self._sampler is not None and self._rng is not None and self._pending_set is not None
+        chunk, self._pending = self._pending[:count], self._pending[len(self._pending[:count]) :]
+        if not chunk:
+            return
+        problems, graded = self._sets[self._pending_set]
+        prompts = pl_module.render(chunk, enable_thinking=self.enable_thinking)
+        params = self.sampling(pl_module, self._pending_set)
+        with self._rng.active():
+            graded.extend(sample_and_grade(self._sampler, chunk, prompts, self.k, params))
+        problems.extend(chunk)
+
+    def close(self, trainer: L.Trainer, pl_module: Any, tag: str) -> list[EvalResult]:
+        """Summarise every set, restore the adapter and the RNG, and report."""
+        assert self._session is not None, "close without open"
+        if self._pending:
+            self.flush(pl_module)
+        self._session.close()
+        self._session, self._sampler = None, None
+        results = [summarise(name, problems, graded, self.k) for name, (problems, graded) in self._sets.items()]
+        enable_thinking = pl_module.prompt.enable_thinking if self.enable_thinking is None else self.enable_thinking
         record = {
             "tag": tag,
             "step": self.step(trainer),
-            "seconds": time.perf_counter() - start,
-            "model": identity,
+            "seconds": time.perf_counter() - self._start,
+            "model": self._identity,
             "evaluation": self.settings(),
-            "sampling": asdict(sampling),
+            "sampling": {name: asdict(self.sampling(pl_module, name)) for name in self._sets},
+            "protocol": {name: asdict(protocol(name)) for name in self._sets},
             "enable_thinking": enable_thinking,
             "hparams": _jsonable(dict(pl_module.hparams)),
             "data": _jsonable(dict(trainer.datamodule.hparams)) if trainer.datamodule is not None else None,
             "results": [asdict(r) for r in results],
         }
         self.history.append(record)
-        self.report(trainer, pl_module, record, results)
+        self.report(trainer, record, results)
         return results
 
     def settings(self) -> dict[str, Any]:
-        names = (
-            "k",
-            "temperature",
-            "top_p",
-            "max_new_tokens",
-            "enable_thinking",
-            "limit",
-            "batch_size",
-            "seed",
-            "target",
-        )
+        names = ("k", "temperature", "top_p", "max_new_tokens", "enable_thinking", "limit", "batch_size", "seed",
+                 "target", "sampler", "generation_batch_size")
         return {name: getattr(self, name) for name in names}
 
     # ---- where -------------------------------------------------------------------------------------
 
-    def report(self, trainer: L.Trainer, pl_module: Any, record: dict[str, Any], results: list[EvalResult]) -> None:
+    def report(self, trainer: L.Trainer, record: dict[str, Any], results: list[EvalResult]) -> None:
         table = format_table(results)
         step, tag = record["step"], record["tag"]
-        metrics = result_metrics(results)
-        if trainer.state.fn in ("validate", "test"):
-            # Through Lightning: trainer.validate/test then return these numbers and print them too.
-            pl_module.log_dict(metrics, add_dataloader_idx=False)
-        else:
+        if trainer.state.fn not in ("validate", "test"):  # validate/test log through pl_module.log_dict
             for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=step)
+                logger.log_metrics(result_metrics(results), step=step)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_text(f"eval/{tag}", f"```\n{table}\n```", global_step=step)
         if not trainer.is_global_zero:
             return
         target = record["model"]["target"]
-        print(f"\nevaluation ({tag}, {target}, step {step}, {record['seconds']:.1f} s)\n{table}")
+        rank_zero_info(f"\nevaluation ({tag}, {target}, step {step}, {record['seconds']:.1f} s)\n{table}")
         out = Path(self.output_dir or Path(trainer.log_dir or ".") / "eval")
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / f"{tag}_step{step}.json", json.dumps(record, indent=2))  # never half a file
+
+
+def set_name(trainer: L.Trainer, dataloader_idx: int) -> str:
+    """The evaluation set of a validation/test dataloader (the data module's ``eval_sets`` order)."""
+    return trainer.datamodule.eval_names[dataloader_idx]  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -346,13 +439,13 @@ class EvalOverrides:
 
 
 def format_history(history: list[dict[str, Any]]) -> str:
-    """One row per evaluation and set: tag, step, avg@k and pass@k (how the numbers moved during a run)."""
-    lines = [f"{'tag':<10} {'step':>6} {'benchmark':<20} {'avg@k':>7} {'pass@k':>7}"]
+    """One row per evaluation and set: tag, step, avg@k, pass@k, maj@k, truncated (how the numbers moved)."""
+    lines = [f"{'tag':<10} {'step':>6} {'benchmark':<20} {'avg@k':>7} {'pass@k':>7} {'maj@k':>7} {'trunc':>7}"]
     for record in history:
         for r in record["results"]:
             lines.append(
                 f"{record['tag']:<10} {record['step']:>6} {r['name']:<20} {r['avg_at_k']:>7.3f} "
-                f"{r['pass_at'][r['k']]:>7.3f}"
+                f"{r['pass_at'][r['k']]:>7.3f} {r['maj_at_k']:>7.3f} {r['truncated']:>7.3f}"
             )
     return "\n".join(lines)
 
