@@ -38,11 +38,13 @@ class SamplingRounds:
         groups_sampled: Groups generated, over every round.
         groups_kept: Informative groups in the batch (all B when dynamic sampling is off).
         rounds: Generation rounds, the first included.
+        tokens_sampled: Response tokens generated, over every round.
     """
 
     groups_sampled: int
     groups_kept: int
     rounds: int
+    tokens_sampled: int
 
 class Round(NamedTuple):
     """One generation round of B prompts.
@@ -131,5 +133,6 @@ def assemble(rounds: list[Round], num_groups: int, group_size: int) -> Sample:
         problems=[rounds[r].problems[i] for r, i in rows],
         scored=scored,
         keep=torch.tensor(keep, device=device).repeat_interleave(group_size),  # [N]
-        stats=SamplingRounds(groups_sampled=len(rounds) * num_groups, groups_kept=sum(keep), rounds=len(rounds)),
+        stats=SamplingRounds(groups_sampled=len(rounds) * num_groups, groups_kept=sum(keep), rounds=len(rounds),
+                             tokens_sampled=sum(int(r.rollout.response_lengths.sum()) for r in rounds)),
     )

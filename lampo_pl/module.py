@@ -180,7 +180,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
             missing = self.prompts_per_step - sum(int(r.informative.sum()) for r in rounds)
             if not self.any_rank(missing > 0):
                 break
-            problems = self.trainer.datamodule.refill_batch()
+            problems = self.refill_problems()
             extra += 1
             if missing > 0:
                 rounds.append(self.sample_round(problems, phases))
@@ -189,6 +189,14 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
             log.warning("dynamic sampling: %d of %d groups informative after %d generation rounds; training on them",
                         sample.stats.groups_kept, self.prompts_per_step, sample.stats.rounds)
         return sample
+
+    def refill_problems(self) -> list[Problem]:
+        """B further prompts for a refill round, from the DataModule (``ProblemDataModule.refill_batch``)."""
+        data = self.trainer.datamodule
+        if data is None or not hasattr(data, "refill_batch"):
+            raise ValueError("method.dynamic_sampling refills from the DataModule's refill_batch(): train with a "
+                             "ProblemDataModule, or set method.max_refill_rounds: 0")
+        return data.refill_batch()
 
     def sample_round(self, batch: list[Problem], phases: Phases) -> Round:
         """One generation round: B prompts, G responses each, their rewards and which groups are informative."""
@@ -206,7 +214,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         """Whether ``flag`` holds on any DDP rank (itself without DDP)."""
         if self.trainer.world_size == 1:
             return flag
-        return bool(self.trainer.strategy.reduce(torch.tensor(float(flag)), reduce_op="sum") > 0)
+        return bool(self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="sum") > 0)
 
     def collect_rollout(self, batch: list[Problem], prompts: list[str]) -> tuple[Rollout, list[Problem]]:
         """Sample G responses per rendered prompt; ``problems[i]`` is the problem of response row i."""
@@ -310,7 +318,8 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         local = batch_counts(lengths, keep)
         if self.trainer.world_size == 1:
             return local
-        mean = self.trainer.strategy.reduce(torch.tensor(local, dtype=torch.float64), reduce_op="mean")
+        mean = self.trainer.strategy.reduce(torch.tensor(local, dtype=torch.float64, device=self.device),
+                                            reduce_op="mean")  # on the device: NCCL reduces GPU tensors only
         return BatchCounts(float(mean[0]), float(mean[1]))
 
     def coefficients(self, lengths: Tensor, counts: BatchCounts) -> Tensor:

@@ -120,7 +120,7 @@ def step_metrics(
         "grad_norm": result.grad_norm,
         "lr": result.lr,
         "skipped_steps": float(skipped_steps),
-        "tokens_per_s": float(lengths.sum()) / gen_s if gen_s > 0 else math.nan,
+        "tokens_per_s": rounds.tokens_sampled / gen_s if gen_s > 0 else math.nan,  # every round's tokens
     }
     metrics |= {f"reward_{k}": float(torch.tensor(v).nanmean()) for k, v in scored.components.items()}  # NaN: None
     metrics |= {f"reward_diag/{k}": float(v) for k, v in scored.diagnostics.items()}
