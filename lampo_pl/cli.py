@@ -23,6 +23,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
 
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lampo_pl.callbacks.evaluation import EvalOverrides
@@ -100,6 +102,14 @@ class LamPOCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if self.subcommand in ("validate", "test"):
             _fixed_log_version(self.config[self.subcommand], self.subcommand)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        # The step-counting bar (callbacks/progress.py) unless the config turns bars off or brings its own.
+        chosen = [*(config.get("callbacks") or []), *callbacks]
+        wanted = config.get("enable_progress_bar") is not False and _RICH_AVAILABLE  # without rich: Lightning's tqdm
+        if wanted and not any(isinstance(c, ProgressBar) for c in chosen):
+            callbacks = [*callbacks, StepProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
 
     def instantiate_classes(self) -> None:
         # Settings groups, the module (batch shape) and the data module (set names) check their
@@ -196,7 +206,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LamPOCLI:
         LamPOModule,
         ProblemDataModule,
         # A fresh RNG callback per CLI: it carries the RNG state between steps (checkpointing.py).
-        trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [RNGStateCheckpoint(), StepProgressBar()]},
+        trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [RNGStateCheckpoint()]},
         save_config_kwargs={"overwrite": True},
         parser_class=LamPOArgumentParser,
         args=args,
