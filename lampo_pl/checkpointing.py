@@ -158,6 +158,13 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _recorded_digest(path: Path) -> str:
+    """The digest recorded for an existing checkpoint (its own file: no second hashing pass), else computed."""
+    sums = checksum_path(path)
+    recorded = sums.read_text().split() if sums.is_file() else []
+    return recorded[0] if len(recorded) == 1 else file_sha256(path)
+
+
 def verify_checkpoint(path: str | Path) -> None:
     """Refuse, by name, a checkpoint that is missing, empty, or changed since it was written (cheap: no unpickling).
 
@@ -220,7 +227,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             _write(checkpoint, file)
             file.flush()
             digests.append(file_sha256(tmp))
-            previous = file_sha256(target) if target.is_file() else ""
+            previous = _recorded_digest(target) if target.is_file() else ""
             # Before the rename: the list holds both digests, so the old file or the new one verifies.
             write_text_atomic(checksum_path(target), f"{digests[0]} {previous}".strip() + "\n")
 

@@ -175,7 +175,7 @@ class OptimArgs:
 
     def __post_init__(self) -> None:
         g = "model.optim"
-        require(finite(self.lr) and self.lr > 0, g, "lr", self.lr, "lr > 0")
+        require(finite(self.lr) and self.lr >= 0, g, "lr", self.lr, "lr >= 0 (0: the policy stays as it is)")
         require(finite(self.weight_decay) and self.weight_decay >= 0, g, "weight_decay", self.weight_decay,
                 "weight_decay >= 0")
         require(len(self.betas) == 2 and all(finite(b) and 0 <= b < 1 for b in self.betas), g, "betas",

@@ -58,7 +58,7 @@ BAD_VALUES = [
     ("--model.method.tau=-1", "model.method.tau=-1.0: allowed tau >= 0"),
     ("--model.method.dual_clip=0.5", "model.method.dual_clip=0.5: allowed null or dual_clip > 1"),
     ("--model.method.beta=-0.1", "model.method.beta=-0.1: allowed beta >= 0"),
-    ("--model.optim.lr=-1", "model.optim.lr=-1.0: allowed lr > 0"),
+    ("--model.optim.lr=-1", "model.optim.lr=-1.0: allowed lr >= 0"),
     ("--model.lora.dropout=1.5", "model.lora.dropout=1.5: allowed 0 <= dropout < 1"),
     ("--model.sampling.top_p=0", "model.sampling.top_p=0.0: allowed 0 < top_p <= 1"),
     ("--model.rewards.density=-1", "model.rewards.density=-1.0: allowed density >= 0"),
