@@ -11,10 +11,14 @@ stream position. What it lacks, and this file adds:
    its base seed when an epoch starts, an evaluation, a validation loop) can then never make the
    two runs diverge, and the checkpoint holds exactly the state the next step starts from.
 2. ``AtomicCheckpointIO``: a file is written to ``<path>.tmp``, flushed to disk, then renamed over
-   ``<path>``. A process killed mid-save leaves the previous checkpoint intact and at worst a
-   stray ``.tmp`` that no ``*.ckpt`` glob picks up. (Lightning's own save goes through an fsspec
-   transaction whose temporary file lives in the system temp folder: the final move is then a
-   copy across filesystems, and nothing is fsynced.)
+   ``<path>`` (``lampo_pl.atomic.write_atomic``). A process killed mid-save leaves the previous
+   checkpoint intact and at worst a stray ``.tmp`` that no ``*.ckpt`` glob picks up. (Lightning's
+   own save goes through an fsspec transaction whose temporary file lives in the system temp
+   folder: the final move is then a copy across filesystems, and nothing is fsynced.)
+3. Its SHA-256 is written beside it (``<path>.sha256``) and checked on load, so a file that changed
+   since it was written (flipped bytes on disk or in a copy) is refused by name instead of loading
+   damaged optimiser state that turns the weights NaN a step later; an empty, truncated or
+   non-finite checkpoint is refused by name too (``CheckpointError``, one line from ``lampo``).
 
 Every state is stored as tensors, numbers and lists so that ``torch.load(weights_only=True)`` —
 torch's default since 2.6 — reads it. The module's hyper-parameters hold the plain config
@@ -24,7 +28,8 @@ dataclasses of ``lampo_pl.settings``; ``AtomicCheckpointIO.load_checkpoint`` all
 
 from __future__ import annotations
 
-import os
+import hashlib
+import pickle
 import random
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -38,7 +43,16 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
-TMP_SUFFIX = ".tmp"
+from lampo_pl.atomic import TMP_SUFFIX, write_atomic, write_text_atomic
+from lampo_pl.errors import UserError
+
+__all__ = ["TMP_SUFFIX", "AtomicCheckpointIO", "CheckpointError", "RNGStateCheckpoint", "write_text_atomic"]
+
+CHECKSUM_SUFFIX = ".sha256"
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, empty, truncated, changed since it was written or non-finite (named)."""
 
 
 # ---- random-number states -----------------------------------------------------------------------
@@ -130,23 +144,67 @@ def _write(checkpoint: dict[str, Any], file: BinaryIO) -> None:
     torch.save(checkpoint, file)
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename: on POSIX the directory entry is only durable once the directory is synced."""
-    if os.name != "posix":
+def checksum_path(path: str | Path) -> Path:
+    """``<checkpoint>.sha256``: the SHA-256 of the checkpoint as written, beside the real file (links resolved)."""
+    real = Path(path).resolve()
+    return real.with_name(real.name + CHECKSUM_SUFFIX)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _recorded_digest(path: Path) -> str:
+    """The digest recorded for an existing checkpoint (its own file: no second hashing pass), else computed."""
+    sums = checksum_path(path)
+    recorded = sums.read_text().split() if sums.is_file() else []
+    return recorded[0] if len(recorded) == 1 else file_sha256(path)
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """Refuse, by name, a checkpoint that is missing, empty, or changed since it was written (cheap: no unpickling).
+
+    The checksum file lists the digest of the new file and of the one it replaced: a process killed
+    between writing the list and renaming the checkpoint into place leaves the previous, intact file,
+    which must still load. A checkpoint without a checksum file (written by other code) is not checked.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint {file} does not exist")
+    if file.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {file} is empty (0 bytes); resume from an earlier checkpoint")
+    sums = checksum_path(file)
+    if not sums.is_file():
         return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    allowed = sums.read_text().split()
+    actual = file_sha256(file)
+    if actual not in allowed:
+        raise CheckpointError(f"checkpoint {file} changed since it was written (SHA-256 {actual[:12]}… is not the "
+                              f"{allowed[0][:12]}… recorded in {sums.name}); it is damaged: resume from another one")
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to a sibling temporary file, then rename it over ``path``: never half a file on disk."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)  # atomic on one filesystem
+def check_finite(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint whose weights or optimiser state hold NaN or ±inf, naming the first such entry."""
+    for where, tree in (("state_dict", checkpoint.get("state_dict", {})),
+                        ("optimizer_states", checkpoint.get("optimizer_states", []))):
+        bad = _first_non_finite(tree, where)
+        if bad is not None:
+            raise CheckpointError(f"checkpoint {path} holds non-finite values in {bad}; resume from an earlier one")
+
+
+def _first_non_finite(tree: Any, where: str) -> str | None:
+    if isinstance(tree, torch.Tensor):
+        return where if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else None
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    for key, value in items:
+        bad = _first_non_finite(value, f"{where}.{key}")
+        if bad is not None:
+            return bad
+    return None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -162,18 +220,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + TMP_SUFFIX)
-        try:
-            with open(tmp, "wb") as file:
-                _write(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, target)  # atomic on one filesystem: readers see the old file or the new one
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(target.parent)
+        digests: list[str] = []
+
+        def write(file: BinaryIO) -> None:
+            _write(checkpoint, file)
+            file.flush()
+            digests.append(file_sha256(tmp))
+            previous = _recorded_digest(target) if target.is_file() else ""
+            # Before the rename: the list holds both digests, so the old file or the new one verifies.
+            write_text_atomic(checksum_path(target), f"{digests[0]} {previous}".strip() + "\n")
+
+        write_atomic(target, write)
+        write_text_atomic(checksum_path(target), digests[0] + "\n")
+
+    @override
+    def remove_checkpoint(self, path: _PATH) -> None:
+        super().remove_checkpoint(path)
+        if isinstance(get_filesystem(path), LocalFileSystem):
+            Path(str(path) + CHECKSUM_SUFFIX).unlink(missing_ok=True)
 
     @override
     def load_checkpoint(
@@ -181,5 +246,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> dict[str, Any]:
         # map_location None keeps Lightning's default (tensors stay on the CPU until the strategy moves them).
         kwargs = {} if map_location is None else {"map_location": map_location}
-        with torch.serialization.safe_globals(config_classes()):
-            return super().load_checkpoint(path, weights_only=weights_only, **kwargs)
+        local = isinstance(get_filesystem(path), LocalFileSystem)
+        if local:
+            verify_checkpoint(path)
+        try:
+            with torch.serialization.safe_globals(config_classes()):
+                checkpoint = super().load_checkpoint(path, weights_only=weights_only, **kwargs)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+            if not local:
+                raise
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CheckpointError(f"checkpoint {path} cannot be read ({reason}); it is truncated or not a "
+                                  "checkpoint: resume from another one") from error
+        check_finite(checkpoint, path)
+        return checkpoint

@@ -23,8 +23,10 @@ supervised warm-up on synthetic sums, lampo_pl.tiny_sft: partial competence, for
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Literal, get_args
 
 import torch
@@ -45,6 +47,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from lampo_pl.errors import UserError
 from lampo_pl.lora_merge import branches_off, is_plain_lora, lora_layers
 from lampo_pl.packaged import build_cached, cache_root, gguf_model_dir, packaged_model_dir
 from lampo_pl.tiny import TINY_VERSION, TinyArch, save_tiny
@@ -75,6 +78,63 @@ def resolve_model_source(name: str) -> str:
     if name.endswith(".gguf"):
         return str(gguf_model_dir(name))
     return name
+
+
+class AdapterError(UserError):
+    """An adapter folder that is missing, is not PEFT's, or whose weights file is absent or damaged (named)."""
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def check_adapter_folder(folder: str | Path) -> Path:
+    """Refuse, naming folder and file, an adapter folder peft would fail on late or unreadably; return its weights.
+
+    Without this a folder lacking its weights makes peft look for them on the Hub ("outgoing traffic
+    disabled"), and truncated weights fail deep in safetensors with no file named.
+    """
+    path = Path(folder)
+    if not path.is_dir():
+        raise AdapterError(f"adapter folder {path} does not exist")
+    if not (path / "adapter_config.json").is_file():
+        raise AdapterError(f"{path} is not a PEFT adapter folder: it has no adapter_config.json")
+    weights = next((path / name for name in ADAPTER_WEIGHTS if (path / name).is_file()), None)
+    if weights is None:
+        raise AdapterError(f"adapter folder {path} has no weights file ({' or '.join(ADAPTER_WEIGHTS)})")
+    if weights.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(weights), "pt") as file:  # reads and checks the header against the file size
+                file.keys()
+        except SafetensorError as error:
+            raise AdapterError(f"adapter weights {weights} are damaged or truncated ({error})") from error
+    return weights
+
+
+def check_model_available(name: str) -> None:
+    """Refuse before loading anything a model name that cannot resolve: a missing local folder, an unknown
+    ``tiny:``/``packaged:`` name, or (offline, ``HF_HUB_OFFLINE=1``) a Hub id that is not in the local cache."""
+    kind, _, rest = name.partition(":")
+    if kind == "tiny":
+        if rest.removesuffix("-sft") not in get_args(TinyArch):
+            resolve_model_source(name)  # raises its own message naming the valid architectures
+        return
+    if kind == "packaged" or name.endswith(".gguf"):
+        return  # resolved (and explained when missing) by lampo_pl.packaged at load
+    if os.path.isdir(name):
+        if not (Path(name) / "config.json").is_file():
+            raise UserError(f"model.model={name!r}: the folder has no config.json, so it is not a transformers model")
+        return
+    looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+    if looks_local:
+        raise UserError(f"model.model={name!r}: no such folder")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    if offline and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise UserError(f"model.model={name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                        "download it once online, or give a local folder")
 
 
 def _torch_dtype(dtype: str) -> torch.dtype:
@@ -147,6 +207,7 @@ def _load_base(
 def _add_adapters(base: PreTrainedModel, lora: LoraConfig, init_adapter: str | None) -> PeftModel:
     """Attach `policy` (trainable) and `reference` (frozen), equal in weights."""
     if init_adapter is not None:
+        check_adapter_folder(init_adapter)
         model = PeftModel.from_pretrained(base, init_adapter, adapter_name=POLICY_ADAPTER, is_trainable=True)
         model.load_adapter(init_adapter, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
     else:

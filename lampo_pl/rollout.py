@@ -39,6 +39,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, 
 
 from lampo_pl.decode import decode
 from lampo_pl.lora_merge import merged_adapter
+from lampo_pl.settings import finite, require
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,14 @@ class SamplingParams:
     merge_lora: bool = True
 
     def __post_init__(self) -> None:
-        if (self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_new_tokens < 1
-                or not 0 <= self.min_new_tokens <= self.max_new_tokens or self.engine not in ("native", "generate")):
-            raise ValueError(f"invalid sampling parameters: {self}")
+        g = "model.sampling"  # one line naming the field (lampo_pl.settings.require)
+        require(finite(self.temperature) and self.temperature >= 0, g, "temperature", self.temperature, ">= 0")
+        require(finite(self.top_p) and 0 < self.top_p <= 1, g, "top_p", self.top_p, "0 < top_p <= 1")
+        require(self.top_k >= 0, g, "top_k", self.top_k, "top_k >= 0 (0: off)")
+        require(self.max_new_tokens >= 1, g, "max_new_tokens", self.max_new_tokens, "max_new_tokens >= 1")
+        require(0 <= self.min_new_tokens <= self.max_new_tokens, g, "min_new_tokens", self.min_new_tokens,
+                f"0 <= min_new_tokens <= max_new_tokens ({self.max_new_tokens})")
+        require(self.engine in ("native", "generate"), g, "engine", self.engine, "native | generate")
 
 
 @dataclass

@@ -6,12 +6,37 @@ needs no ``class_path``. The baseline configs differ from the LamPO one only in 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal, get_args
 
 from lampo_pl.advantages import AdvantageScale, ConfidenceScore, Estimator
+from lampo_pl.errors import UserError
 from lampo_pl.losses import H_MIN, R_LEN, AggregationMode, KLEstimator
 from lampo_pl.rewards.custom import CustomReward
+
+
+class SettingsError(UserError):
+    """A setting outside its allowed range; the message is one line naming the field, its value and the range."""
+
+
+def require(ok: bool, group: str, name: str, value: Any, allowed: str) -> None:
+    """Raise ``SettingsError`` ("model.method.eps_low=2.0: allowed 0 <= eps_low < 1") unless ``ok``.
+
+    Each settings group checks its fields in ``__post_init__`` (as ``SamplingParams`` does), so a
+    bad value is refused when the config is parsed, before any data or model loads.
+    """
+    if not ok:
+        raise SettingsError(f"{group}.{name}={value!r}: allowed {allowed}")
+
+
+def finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def one_of(value: Any, literal: Any) -> bool:
+    return value in get_args(literal)
 
 
 @dataclass
@@ -60,6 +85,29 @@ class MethodArgs:
     r_len: float = R_LEN
     h_min: float = H_MIN
 
+    def __post_init__(self) -> None:
+        g = "model.method"
+        require(one_of(self.estimator, Estimator), g, "estimator", self.estimator, " | ".join(get_args(Estimator)))
+        require(finite(self.tau) and self.tau >= 0, g, "tau", self.tau, "tau >= 0 (0: Dr. GRPO)")
+        require(one_of(self.confidence, ConfidenceScore), g, "confidence", self.confidence, "mean | sum")
+        require(one_of(self.scale, AdvantageScale), g, "scale", self.scale, "none | group_std")
+        require(one_of(self.aggregation, AggregationMode), g, "aggregation", self.aggregation,
+                " | ".join(get_args(AggregationMode)))
+        # The ratio's lower clip bound 1 - ε_low must stay positive (PPO, Schulman et al. 2017, eq. 7).
+        require(finite(self.eps_low) and 0 <= self.eps_low < 1, g, "eps_low", self.eps_low, "0 <= eps_low < 1")
+        require(finite(self.eps_high) and self.eps_high >= 0, g, "eps_high", self.eps_high, "eps_high >= 0")
+        # Dual-clip bounds the loss of a negative advantage at c·|A|; c <= 1 would undercut the clip itself
+        # (Ye et al. 2020, arXiv 1912.09729, §3.3, requires c > 1).
+        require(self.dual_clip is None or (finite(self.dual_clip) and self.dual_clip > 1), g, "dual_clip",
+                self.dual_clip, "null or dual_clip > 1")
+        require(finite(self.beta) and self.beta >= 0, g, "beta", self.beta, "beta >= 0 (0: no KL term)")
+        require(one_of(self.kl_estimator, KLEstimator), g, "kl_estimator", self.kl_estimator, "k1 | k2 | k3")
+        require(isinstance(self.num_iterations, int) and self.num_iterations >= 1, g, "num_iterations",
+                self.num_iterations, "an integer >= 1")
+        require(finite(self.lambda_init), g, "lambda_init", self.lambda_init, "a finite number")
+        require(finite(self.r_len) and self.r_len >= 0, g, "r_len", self.r_len, "r_len >= 0")
+        require(finite(self.h_min) and self.h_min > 0, g, "h_min", self.h_min, "h_min > 0 (keeps h^λ finite)")
+
 
 @dataclass
 class LoraArgs:
@@ -89,6 +137,18 @@ class LoraArgs:
     gradient_checkpointing: bool = False
     attn_implementation: str | None = None
 
+    def __post_init__(self) -> None:
+        g = "model.lora"
+        require(self.dtype in ("float32", "bfloat16", "float16"), g, "dtype", self.dtype,
+                "float32 | bfloat16 | float16")
+        require(self.quantization in ("none", "4bit", "8bit"), g, "quantization", self.quantization,
+                "none | 4bit | 8bit")
+        require(isinstance(self.r, int) and self.r >= 1, g, "r", self.r, "an integer >= 1")
+        require(finite(self.alpha) and self.alpha > 0, g, "alpha", self.alpha, "alpha > 0")
+        require(finite(self.dropout) and 0 <= self.dropout < 1, g, "dropout", self.dropout, "0 <= dropout < 1")
+        require(self.init_adapter is None or (Path(self.init_adapter) / "adapter_config.json").is_file(), g,
+                "init_adapter", self.init_adapter, "null or a PEFT adapter folder (with adapter_config.json)")
+
 
 @dataclass
 class OptimArgs:
@@ -105,12 +165,26 @@ class OptimArgs:
     """
 
     lr: float = 1e-5
-    lambda_lr: float = 1e-2
+    lambda_lr: float = 1e-3
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
     warmup_steps: int = 0
     schedule: Literal["constant", "cosine"] = "constant"
     grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        g = "model.optim"
+        require(finite(self.lr) and self.lr >= 0, g, "lr", self.lr, "lr >= 0 (0: the policy stays as it is)")
+        require(finite(self.lambda_lr) and self.lambda_lr >= 0, g, "lambda_lr", self.lambda_lr,
+                "lambda_lr >= 0 (0: λ stays at lambda_init)")
+        require(finite(self.weight_decay) and self.weight_decay >= 0, g, "weight_decay", self.weight_decay,
+                "weight_decay >= 0")
+        require(len(self.betas) == 2 and all(finite(b) and 0 <= b < 1 for b in self.betas), g, "betas",
+                self.betas, "two numbers in [0, 1)")
+        require(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, g, "warmup_steps", self.warmup_steps,
+                "an integer >= 0")
+        require(self.schedule in ("constant", "cosine"), g, "schedule", self.schedule, "constant | cosine")
+        require(finite(self.grad_clip), g, "grad_clip", self.grad_clip, "a finite number (<= 0: no clipping)")
 
 
 @dataclass
@@ -124,6 +198,13 @@ class ComputeArgs:
 
     micro_batch_size: int = 8
     logprob_chunk: int = 1024
+
+    def __post_init__(self) -> None:
+        g = "model.compute"
+        require(isinstance(self.micro_batch_size, int) and self.micro_batch_size >= 1, g, "micro_batch_size",
+                self.micro_batch_size, "an integer >= 1 dividing prompts_per_step × group_size")
+        require(isinstance(self.logprob_chunk, int) and self.logprob_chunk >= 1, g, "logprob_chunk",
+                self.logprob_chunk, "an integer >= 1")
 
 
 @dataclass
@@ -141,6 +222,15 @@ class RewardArgs:
     density: float = 0.0
     format: float = 0.0
     custom: tuple[CustomReward, ...] = ()
+
+    def __post_init__(self) -> None:
+        g = "model.rewards"
+        require(finite(self.correctness), g, "correctness", self.correctness, "a finite number")
+        require(finite(self.density) and self.density >= 0, g, "density", self.density, "density >= 0")
+        require(finite(self.format), g, "format", self.format, "a finite number")
+        # With every weight 0 each reward is 0, every advantage is 0 and nothing would ever be learnt.
+        require(any((self.correctness, self.density, self.format)) or bool(self.custom), g, "correctness",
+                self.correctness, "at least one of correctness, density, format non-zero, or a custom reward")
 
 
 @dataclass

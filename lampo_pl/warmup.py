@@ -28,6 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lampo_pl.logprobs import token_logprobs
 from lampo_pl.rollout import left_pad, right_pad
+from lampo_pl.settings import finite, require
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,16 @@ class WarmupArgs:
     logprob_chunk: int = 1024
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"need steps >= 0, batch_size >= 1 and lr > 0, got {self}")
+        g = "warmup"
+        require(isinstance(self.steps, int) and self.steps >= 0, g, "steps", self.steps, "an integer >= 0")
+        require(isinstance(self.batch_size, int) and self.batch_size >= 1, g, "batch_size", self.batch_size,
+                "an integer >= 1")
+        require(finite(self.lr) and self.lr > 0, g, "lr", self.lr, "lr > 0")
+        require(finite(self.weight_decay) and self.weight_decay >= 0, g, "weight_decay", self.weight_decay,
+                "weight_decay >= 0")
+        require(finite(self.grad_clip), g, "grad_clip", self.grad_clip, "a finite number (<= 0: no clipping)")
+        require(isinstance(self.logprob_chunk, int) and self.logprob_chunk >= 1, g, "logprob_chunk",
+                self.logprob_chunk, "an integer >= 1")
 
 
 @dataclass

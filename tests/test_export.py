@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lampo_pl import cli
 from lampo_pl.callbacks.adapter import save_policy_adapter
-from lampo_pl.export import export_merged
-from lampo_pl.policy import POLICY_ADAPTER, adapter_state, resolve_model_source
+from lampo_pl.export import ExportError, export_merged
+from lampo_pl.policy import POLICY_ADAPTER, AdapterError, adapter_state, resolve_model_source
 
 PROMPT = "Compute 2 + 3."
 
@@ -30,7 +31,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, trained_tiny_policy: Calla
     """The tiny policy with random LoRA B (as if trained: a fresh LoRA is the identity), saved as AdapterExport does."""
     model, tokenizer = trained_tiny_policy(4, 8)
     folder = save_policy_adapter(
-        SimpleNamespace(policy_model=model, tokenizer=tokenizer), tmp_path_factory.mktemp("run") / "adapter"
+        SimpleNamespace(policy_model=model, tokenizer=tokenizer), tmp_path_factory.mktemp("run") / "adapter",
+        base_model="tiny:qwen3",
     )
     return model.eval(), folder
 
@@ -100,6 +102,75 @@ def test_lampo_export_command(trained: tuple[PeftModel, Path], tmp_path: Path, m
     monkeypatch.setattr(sys, "argv", argv)
     cli.main()
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
-    with pytest.raises(FileExistsError):
-        monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:  # one line on stderr, status 2, no traceback
         cli.main()
+    assert exit_info.value.code == 2
+    monkeypatch.setattr(sys, "argv", [*argv, "--overwrite"])
+    cli.main()  # an earlier export may be replaced
+    assert (out / "model.safetensors").is_file()
+
+
+# ---- export never deletes what it did not write (issue 13) -------------------------------------------
+
+
+def test_overwrite_refuses_a_folder_with_files_export_did_not_write(trained: tuple[PeftModel, Path],
+                                                                    tmp_path: Path) -> None:
+    _, folder = trained
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match=r"did not write \(notes.txt\)"):
+        export_merged(folder, out, model="tiny:qwen3", overwrite=True)
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("where", ["cwd", "adapter", "parent_of_adapter"])
+def test_out_that_is_or_contains_the_adapter_or_working_folder_is_refused(
+    trained: tuple[PeftModel, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    _, folder = trained
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    out = {"cwd": Path("."), "adapter": folder, "parent_of_adapter": folder.parent}[where]
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ExportError, match="is or contains the"):
+        export_merged(folder, out, model="tiny:qwen3", overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_overwrite_swaps_an_earlier_export_whole(trained: tuple[PeftModel, Path], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    _, folder = trained
+    out = export_merged(folder, tmp_path / "merged", model="tiny:qwen3")
+    first = (out / "model.safetensors").read_bytes()
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", fail)  # the new export fails before it is complete
+    with pytest.raises(OSError, match="disk full"):
+        export_merged(folder, out, model="tiny:qwen3", overwrite=True)
+    assert (out / "model.safetensors").read_bytes() == first  # the old export is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]  # and no temporary is left
+
+
+def test_adapter_records_the_public_model_name(trained: tuple[PeftModel, Path]) -> None:
+    _, folder = trained
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny:qwen3"
+
+
+def test_adapter_folder_without_or_with_truncated_weights_is_named(trained: tuple[PeftModel, Path],
+                                                                   tmp_path: Path) -> None:
+    _, folder = trained
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    weights = broken / "adapter_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AdapterError, match=f"adapter weights {weights} are damaged or truncated"):
+        export_merged(broken, tmp_path / "out")
+    weights.unlink()
+    with pytest.raises(AdapterError, match=f"adapter folder {broken} has no weights file"):
+        export_merged(broken, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -3,8 +3,12 @@ and the warmed-up tiny model's partial competence (the cheap ablation policy).""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from lampo_pl.data.prompting import render_prompt
 from lampo_pl.data.synthetic import generate_synthetic
@@ -98,3 +102,41 @@ def test_warmed_tiny_model_has_partial_competence() -> None:
     scored = score_responses(rollout.texts, [q for q in problems for _ in range(4)], [RewardSpec("correctness", 1.0)])
     accuracy = sum(scored.correct) / len(scored.correct)
     assert 0.3 < accuracy < 0.85, accuracy
+
+
+# ---- lampo warmup: the cold start from YAML, then RL from its adapter (issue 14) ---------------------
+
+
+def test_lampo_warmup_then_fit_from_its_adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lampo_pl.cli import build_cli, main
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "warm"
+    main(["warmup", "-c", str(root / "configs/warmup/smoke.yaml"), "--out", str(out), "--limit", "16",
+          "--warmup.steps", "2", "--warmup.batch_size", "4"])
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "tiny:qwen3" and config["r"] == 8
+    warmed = load_file(out / "adapter_model.safetensors")
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in warmed.items())  # it trained
+
+    cli = build_cli(["-c", str(root / "configs/smoke.yaml"), "--model.lora.init_adapter", str(out),
+                     "--trainer.max_steps", "1", "--trainer.logger", "false", "--trainer.callbacks", "[]",
+                     "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"],
+                    run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    reference = adapter_state(cli.model.policy_model, "reference")  # both adapters start from the warm-up
+    assert all(torch.equal(reference[k], warmed[k.replace("reference.", "")]) for k in reference
+               if k.replace("reference.", "") in warmed)
+    assert reference.keys() and {k.replace("reference.", "") for k in reference} <= set(warmed)
+
+
+def test_lampo_warmup_refuses_bad_settings_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lampo_pl.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["warmup", "--out", str(tmp_path / "w"), "--warmup.batch_size", "0"])
+    assert capsys.readouterr().err.strip() == "lampo warmup: error: warmup.batch_size=0: allowed an integer >= 1"
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(SystemExit):
+        main(["warmup", "--out", str(tmp_path / "mine"), "--overwrite", "true"])
+    assert "is not an adapter folder" in capsys.readouterr().err
