@@ -1,10 +1,11 @@
 """The LightningModule: one training step = one on-policy RL iteration.
 
-    prompts -> rollout (G samples each) -> rewards -> advantages
+    prompts -> rollout (G samples each) -> rewards [-> DAPO refill rounds] -> advantages
             -> log-probs (old, reference) -> clipped loss × μ passes -> optimiser step -> metrics
 
 The math lives in ``advantages.py`` and ``losses.py``; the model side in ``policy.py``,
-``rollout.py`` and ``logprobs.py``; this file only wires them in the order of the algorithm.
+``rollout.py`` and ``logprobs.py``; the step's tensors travel as one ``Trajectory``
+(``trajectory.py``); this file only wires them in the order of the algorithm.
 Optimisation is manual (``automatic_optimization = False``) because one step runs generation,
 several micro-batch backward passes and μ optimiser steps.
 """
