@@ -114,7 +114,7 @@ class LoraArgs:
     """The base model's loading and its two LoRA adapters (``policy`` trained, ``reference`` frozen).
 
     Attributes:
-        dtype: Weights dtype: float32 | bfloat16 | float16 (4-bit: the compute dtype).
+        dtype: Weights dtype: float32 | bfloat16 | float16 | float64 (float64: exactness tests; 4-bit: the compute dtype).
         quantization: none | 4bit (QLoRA NF4, double quantisation) | 8bit.
         trust_remote_code: Run the model repository's own code; off unless you trust it.
         r: LoRA rank.
@@ -139,8 +139,8 @@ class LoraArgs:
 
     def __post_init__(self) -> None:
         g = "model.lora"
-        require(self.dtype in ("float32", "bfloat16", "float16"), g, "dtype", self.dtype,
-                "float32 | bfloat16 | float16")
+        require(self.dtype in ("float32", "bfloat16", "float16", "float64"), g, "dtype", self.dtype,
+                "float32 | bfloat16 | float16 | float64")
         require(self.quantization in ("none", "4bit", "8bit"), g, "quantization", self.quantization,
                 "none | 4bit | 8bit")
         require(isinstance(self.r, int) and self.r >= 1, g, "r", self.r, "an integer >= 1")
