@@ -232,5 +232,5 @@ def main(argv: list[str] | None = None) -> None:
     except (UserError, ConfigError) as error:
         if os.environ.get("LAMPO_TRACEBACK"):
             raise
-        print(f"lampo {command or ''}: error: {error}".replace("  ", " "), file=sys.stderr)
+        print(f"lampo{' ' + command if command else ''}: error: {error}", file=sys.stderr)
         sys.exit(2)
