@@ -1,7 +1,7 @@
 """Write a file or a folder so that it is never seen half-written, and survives a power cut once written.
 
 The one way lampo-pl puts a file (checkpoints, evaluation JSON, ablation results) or a folder
-(adapters, merged models) on disk:
+(adapters, merged models, cached model folders) on disk:
 1. Write beside the target under a temporary name (a ``.tmp`` suffix; a folder: a hidden sibling),
    in the same folder, so that the final rename stays on one filesystem and is atomic (POSIX rename).
 2. ``fsync`` the data before the rename: otherwise a crash shortly after can leave the new name
@@ -62,13 +62,15 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_atomic(path, lambda file: file.write(text.encode("utf-8")))
 
 
-def write_dir_atomic(path: str | Path, build: Callable[[Path], Path | None]) -> Path:
+def write_dir_atomic(path: str | Path, build: Callable[[Path], Path | None], *, replace: bool = True) -> Path:
     """Build a folder with ``build(tmp)`` in a hidden sibling of ``path``, fsync it and swap it in for ``path``.
 
     ``build`` fills the empty folder ``tmp``; it may return a sub-folder of ``tmp`` to publish instead
     (peft writes a named adapter into ``tmp/<name>``). An existing ``path`` is renamed aside first and
     removed only after the new folder is in place. Nothing but ``path`` and the two temporaries is
-    touched: callers decide whether ``path`` may be replaced at all.
+    touched: callers decide whether ``path`` may be replaced at all. ``replace=False`` (a cache
+    built once): an existing ``path``, e.g. one another process finished first, is kept and the new
+    folder dropped.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +79,14 @@ def write_dir_atomic(path: str | Path, build: Callable[[Path], Path | None]) -> 
     try:
         src = build(tmp) or tmp
         _fsync_tree(src)
+        if not replace:
+            try:
+                src.rename(target)  # fails when another process renamed its folder into place first
+            except OSError:
+                if not target.is_dir():
+                    raise
+            fsync_dir(target.parent)
+            return target
         if target.exists() or target.is_symlink():
             target.rename(old)
         src.rename(target)

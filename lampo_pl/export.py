@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import NoReturn
 
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -112,9 +113,14 @@ def check_export_target(target: Path, adapter: Path, overwrite: bool) -> None:
                           "--overwrite replaces only an earlier export: choose another folder")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line (lampo_pl.cli prints it), not usage then the error
+        raise ExportError(message)
+
+
 def main(argv: list[str] | None = None) -> None:
     """``lampo export`` / ``python -m lampo_pl.export``."""
-    parser = argparse.ArgumentParser(prog="lampo export", description=__doc__.splitlines()[0])
+    parser = _OneLineParser(prog="lampo export", description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", required=True, help="PEFT adapter folder to merge")
     parser.add_argument("--out", required=True, help="folder for the standalone model")
     parser.add_argument("--model", default=None, help="base model; default: the adapter's base_model_name_or_path")
@@ -134,4 +140,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from lampo_pl.cli import main as lampo_main
+
+    lampo_main(["export", *sys.argv[1:]])  # errors as one line, as from `lampo export`

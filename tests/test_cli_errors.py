@@ -102,6 +102,15 @@ def test_yaml_typo_names_the_key_without_a_usage_dump(tmp_path: Path, capsys: py
     assert "model.methd.tau" in refused(capsys, ["fit", "-c", SMOKE, "-c", str(typo)])
 
 
+def test_callback_settings_are_checked_before_anything_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             no_model_load: None) -> None:
+    config = tmp_path / "eval.yaml"
+    config.write_text("trainer:\n  callbacks:\n    - class_path: lampo_pl.callbacks.BenchmarkEvaluation\n"
+                      "      init_args: {k: 0}\n")
+    line = refused(capsys, ["fit", "-c", SMOKE, "-c", str(config), "--trainer.logger", "false"])
+    assert line == "lampo fit: error: BenchmarkEvaluation.k=0: allowed an integer >= 1"
+
+
 def test_export_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     line = refused(capsys, ["export", "--adapter", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")])
     assert line == f"lampo export: error: adapter folder {tmp_path / 'nothing'} does not exist"

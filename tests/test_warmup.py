@@ -136,6 +136,9 @@ def test_lampo_warmup_refuses_bad_settings_in_one_line(tmp_path: Path, capsys: p
     with pytest.raises(SystemExit):
         main(["warmup", "--out", str(tmp_path / "w"), "--warmup.batch_size", "0"])
     assert capsys.readouterr().err.strip() == "lampo warmup: error: warmup.batch_size=0: allowed an integer >= 1"
+    with pytest.raises(SystemExit):
+        main(["warmup", "--out", str(tmp_path / "w"), "--lora.r", "0"])
+    assert capsys.readouterr().err.strip() == "lampo warmup: error: lora.r=0: allowed an integer >= 1"
     (tmp_path / "mine").mkdir()
     with pytest.raises(SystemExit):
         main(["warmup", "--out", str(tmp_path / "mine"), "--overwrite", "true"])
