@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 from dataclasses import asdict
 from typing import Any
 
@@ -28,14 +29,16 @@ from lampo_pl.data.record import Problem
 from lampo_pl.data.synthetic import generate_synthetic
 from lampo_pl.evaluation_steps import EvaluationSteps
 from lampo_pl.logprobs import token_logprobs
-from lampo_pl.losses import aggregate, clipped_policy_loss, sequence_coefficients
+from lampo_pl.losses import aggregate, clipped_policy_loss, kl_penalty, sequence_coefficients
 from lampo_pl.metrics import mean_loss_stats
+from lampo_pl.mismatch import MismatchMeter, importance_weighted, truncated_is_weights
 from lampo_pl.optim import build_optimizer, build_scheduler
 from lampo_pl.policy import load_policy, reference_adapter, trainable_parameters
 from lampo_pl.rewards import RewardBatch, RewardSpec, score_responses
 from lampo_pl.rollout import Rollout, SamplingParams, generate_rollout
 from lampo_pl.settings import LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs
 from lampo_pl.step_metrics import OptimResult, StepRecord, step_metrics
+from lampo_pl.vllm_engine import close_engine, step_seed
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         self.tokenizer: Any = None
         self.skipped_steps = 0
         self.last_step: StepRecord | None = None
+        self.mismatch = MismatchMeter()  # sampler vs trainer log-probs, logged per step (lampo_pl/mismatch.py)
         self.save_hyperparameters()
 
     @property
@@ -174,7 +178,10 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         rollout = generate_rollout(
             self.policy_model, self.tokenizer, prompts, self.group_size, self.sampling,
             max_context=self.max_context, generation_batch_size=self.generation_batch_size,
-            record_logprobs=self.method.estimator == "lampo" and self.method.num_iterations == 1,  # confidence_logprobs
+            # confidence_logprobs reads them; with vLLM they are free, and the mismatch metrics and TIS read them
+            record_logprobs=(self.method.estimator == "lampo" and self.method.num_iterations == 1)
+            or self.sampling.engine == "vllm",
+            seed=step_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), self.global_step, self.global_rank),
         )
         return rollout, [q for q in batch for _ in range(self.group_size)]
 
@@ -327,6 +334,12 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         # Coefficients over the whole batch (recomputed per micro-batch so that λ's graph is fresh).
         coef = sequence_coefficients(lengths, m.aggregation, group_size=self.group_size, lam=self.lam,
                                      r_len=m.r_len, h_min=m.h_min, max_len=self.sampling.max_new_tokens)  # [N]
+        if rollout.sampled_logprobs is not None:  # the sampler–trainer mismatch, and TIS when asked for
+            sampled = rollout.sampled_logprobs[rows, :width]  # [n, l]
+            self.mismatch.add(old, sampled, mb_mask)
+            if m.tis_cap is not None:
+                kl = m.beta * kl_penalty(logp, ref, m.kl_estimator) if ref is not None and m.beta > 0 else 0.0
+                per_token = importance_weighted(per_token, truncated_is_weights(old, sampled, m.tis_cap), kl)
         loss = aggregate(per_token, mb_mask, m.aggregation, coefficients=coef[rows])
         ent = entropy[:, :width] if entropy is not None else torch.zeros_like(logp)
         mean_entropy = (ent.detach() * mb_mask).sum() / mb_mask.sum().clamp(min=1)
@@ -348,12 +361,17 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         """Log the step's scalars under ``train/``; return them without the prefix (NaN ones left out)."""
         metrics = step_metrics(rollout, scored, adv, result, phases, group_size=self.group_size,
                                skipped_steps=self.skipped_steps, lam=self.lam)
+        metrics.update(self.mismatch.pop())
         clean = {k: v for k, v in metrics.items() if not math.isnan(v)}
         bs = len(scored.total)
         self.log_dict({f"train/{k}": v for k, v in clean.items()}, on_step=True, batch_size=bs)
         self.log("reward", metrics["reward"], prog_bar=True, logger=False, batch_size=bs)
         self.log("acc", metrics["acc"], prog_bar=True, logger=False, batch_size=bs)
         return clean
+
+    def teardown(self, stage: str) -> None:
+        if self.policy_model is not None:
+            close_engine(self.policy_model)  # a vLLM engine (model.sampling.engine: vllm) reserves its memory
 
     # ---- checkpoints: adapters and λ only -------------------------------------------------------
 

@@ -37,6 +37,9 @@ class MethodArgs:
         lambda_lr: Learning rate of λ (its own parameter group, no weight decay).
         r_len: λ-GRPO length sensitivity r_len.
         h_min: λ-GRPO floor on h_i, keeping h^λ finite.
+        tis_cap: Truncated importance sampling for the sampler–trainer mismatch: each token's policy loss
+            is weighted by min(π_old / π_sampler, tis_cap) (TRL's token_truncate, verl's TIS;
+            lampo_pl/mismatch.py), e.g. 2.0 with ``sampling.engine: vllm``; null is off.
     """
 
     estimator: Estimator = "lampo"
@@ -56,6 +59,7 @@ class MethodArgs:
     lambda_lr: float = 1e-2
     r_len: float = R_LEN
     h_min: float = H_MIN
+    tis_cap: float | None = None
 
 
 @dataclass
