@@ -103,6 +103,16 @@ class Baton:
         self.pass_on(name)
 
 
+def peak_memory_gib() -> float:
+    """The process's peak memory: CUDA memory reserved by torch's allocator (vLLM's KV cache included) on a
+    GPU, else the peak resident set size."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_reserved() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
 class StepClock:
     """Wall time of each step of one loop, from the end of its previous step, excluding baton waits."""
 
@@ -126,7 +136,7 @@ class StepClock:
         self.begin()
 
     def record(self) -> dict[str, Any]:
-        return {"steps": self.steps, "phases": self.phases, "tokens": self.tokens}
+        return {"steps": self.steps, "phases": self.phases, "tokens": self.tokens, "peak_gib": peak_memory_gib()}
 
     def timed(self, phase: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -157,7 +167,7 @@ class BenchModule(LamPOModule):
 
     def micro_batch_loss(self, *args: Any) -> Any:
         # bf16 autocast of the loss pass (AVX-512 BF16 on this CPU); log-softmax stays float32 under autocast
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16_loss):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16_loss):
             return self.clock.timed("forward", super().micro_batch_loss)(*args)
 
     def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
@@ -191,10 +201,11 @@ def build_lampo(args: argparse.Namespace, problems: list[Problem], clock: StepCl
     n = args.prompts * args.group_size
     module = BenchModule(
         model=args.model, group_size=args.group_size, prompts_per_step=args.prompts,
-        lora=LoraArgs(r=args.lora_r, alpha=2 * args.lora_r, dropout=0.0),
+        lora=LoraArgs(r=args.lora_r, alpha=2 * args.lora_r, dropout=0.0, dtype=args.dtype,
+                      quantization=args.quantization, gradient_checkpointing=args.gradient_checkpointing),
         sampling=SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                                 min_new_tokens=args.max_new_tokens, engine=engine, merge_lora=not args.no_merge,
-                                vllm_kv_cache_gib=args.kv_cache_gib),
+                                vllm_kv_cache_gib=args.kv_cache_gib, vllm_gpu_memory=args.gpu_memory),
         method=MethodArgs(estimator=args.estimator, aggregation=AGGREGATION[args.loss], beta=args.beta,
                           num_iterations=args.mu, eps_low=0.2, eps_high=0.2, kl_estimator="k3",
                           scale="group_std" if args.estimator == "lampo" else "none"),
@@ -202,8 +213,8 @@ def build_lampo(args: argparse.Namespace, problems: list[Problem], clock: StepCl
     )
     module.clock, module.bf16_loss = clock, bf16 == "bf16"
     # μ optimiser steps per batch, as TRL counts them: the clock ticks once per batch.
-    trainer = L.Trainer(max_steps=(args.warmup + args.steps) * args.mu, accelerator="cpu", devices=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    trainer = L.Trainer(max_steps=(args.warmup + args.steps) * args.mu, accelerator=args.device, devices=1,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, callbacks=[LightningClock(clock)])
     loader = DataLoader(problems, batch_size=args.prompts, collate_fn=list)  # type: ignore[arg-type]
     return lambda: trainer.fit(module, train_dataloaders=loader)
@@ -241,8 +252,9 @@ def build_trl(args: argparse.Namespace, problems: list[Problem], clock: StepCloc
     mbs = args.micro_batch_size or n
     scratch = tempfile.mkdtemp(prefix="step-time-trl-")  # output_dir; nothing is saved (save_strategy "no")
     config = GRPOConfig(
-        output_dir=scratch, report_to="none", save_strategy="no", use_cpu=True,
-        bf16=False, gradient_checkpointing=False, seed=0, disable_tqdm=True, shuffle_dataset=False,
+        output_dir=scratch, report_to="none", save_strategy="no", use_cpu=args.device == "cpu",
+        bf16=args.dtype == "bfloat16", gradient_checkpointing=args.gradient_checkpointing, seed=0, disable_tqdm=True,
+        shuffle_dataset=False,
         max_steps=(args.warmup + args.steps) * args.mu, logging_steps=10, dataloader_num_workers=0,
         per_device_train_batch_size=mbs, gradient_accumulation_steps=n // mbs, num_generations=args.group_size,
         max_completion_length=args.max_new_tokens, generation_kwargs={"min_new_tokens": args.max_new_tokens},
@@ -252,7 +264,14 @@ def build_trl(args: argparse.Namespace, problems: list[Problem], clock: StepCloc
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         adam_beta1=0.9, adam_beta2=0.99, max_grad_norm=1.0, optim="adamw_torch",
     )
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    quantization = None
+    if args.quantization == "4bit":  # the same NF4 + double quantisation as lampo_pl.policy (QLoRA)
+        from transformers import BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                          bnb_4bit_compute_dtype=getattr(torch, args.dtype))  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, args.dtype),
+                                                 quantization_config=quantization)  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(source)
     tokenizer.padding_side = "left"
     renderer = BenchModule(model=args.model)
@@ -337,10 +356,11 @@ def summarise(record: dict[str, Any], warmup: int) -> dict[str, float]:
     out = {p: statistics.median(ph.get(p, 0.0) for ph in phases) for p in (*PHASES, GENERATE)}
     out["step"] = statistics.median(steps)
     out["tokens"] = statistics.median(record["tokens"][warmup:])
+    out["peak_gib"] = record["peak_gib"]
     return out
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny:qwen3", help="tiny:<arch>, a local folder or a hub id")
     parser.add_argument("--group-size", type=int, default=8, help="G responses per prompt")
@@ -363,7 +383,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured first steps per framework")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--no-trl", action="store_true", help="lampo-pl only")
-    args = parser.parse_args()
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights / compute")
+    parser.add_argument("--quantization", choices=["none", "4bit"], default="none", help="4bit: QLoRA's NF4 base")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--gpu-memory", type=float, default=0.3, help="vLLM's share of the GPU (CUDA)")
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     names = [f"lampo-pl {variant}" for variant in args.engine] + ([] if args.no_trl else ["TRL"])
     records = run_alternating(args, names)
     print_table(args, {name: summarise(records[name], args.warmup) for name in names})
@@ -383,6 +412,9 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, float]]) 
         print(f"| {phase} | " + " | ".join(f"{results[n][phase]:.3f}" for n in names) + " |")
     print("| tokens / step | " + " | ".join(f"{results[n]['tokens']:.0f}" for n in names) + " |")
     print("| tokens / s | " + " | ".join(f"{results[n]['tokens'] / results[n]['step']:.0f}" for n in names) + " |")
+    print("| generated tokens / s | " + " | ".join(f"{results[n]['tokens'] / results[n][GENERATE]:.0f}" for n in names)
+          + " |")
+    print("| peak memory (GiB) | " + " | ".join(f"{results[n]['peak_gib']:.1f}" for n in names) + " |")
     for name in names[:-1] if "TRL" in results else []:
         print(f"step-time ratio {name} / TRL: {results[name]['step'] / results['TRL']['step']:.2f}")
 
