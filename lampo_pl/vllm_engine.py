@@ -200,7 +200,8 @@ def shared_engine(model: nn.Module, *, sync: str, kv_cache_gib: int, gpu_memory_
     if model not in _ENGINES:
         base = model.get_base_model() if isinstance(model, PeftModel) else model
         quantized = getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)
-        dtype = base.config.dtype if quantized and isinstance(base.config.dtype, torch.dtype) else base.dtype
+        dtype = base.config.dtype if quantized else base.dtype  # 4-bit: the compute dtype it was loaded with
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         rank = max((max(m.r.values()) for m in lora_layers(model, model.active_adapter)), default=8) \
             if isinstance(model, PeftModel) else None  # fmt: skip
         _ENGINES[model] = VllmEngine(base.config.name_or_path, dtype=dtype, max_model_len=max_model_len, sync=sync,
