@@ -14,7 +14,6 @@ tokens/s and each process's peak GPU memory (torch's reserved memory; vLLM's KV 
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import shutil
 import tempfile
