@@ -142,6 +142,7 @@ class VllmEngine:
         """Make the engine sample what `model` (its active adapter, or the base if adapters are off) samples."""
         with preserved_process_state():
             if self.sleeps:
+                torch.cuda.empty_cache()  # the update's cached activation blocks, for the engine to take back
                 self.llm.wake_up(tags=["weights"])
             if self.sync_mode == "lora":
                 self._sync_lora(model)
