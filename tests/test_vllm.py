@@ -63,13 +63,14 @@ def _prompts(tokenizer: object) -> list[str]:
                                           add_generation_prompt=True) for q in questions]  # fmt: skip
 
 
-SAMPLING = SamplingParams(engine="vllm", temperature=1.0, max_new_tokens=12)
+def _sampling(**changes: object) -> SamplingParams:
+    return replace(SamplingParams(engine="vllm", temperature=1.0, max_new_tokens=12), **changes)  # type: ignore[arg-type]
 
 
 @needs_vllm
 def test_log_probs_equal_a_teacher_forced_pass_and_masks_come_from_eos(policy: tuple) -> None:
     model, tokenizer = policy
-    rollout = generate_rollout(model, tokenizer, _prompts(tokenizer), 4, SAMPLING, record_logprobs=True, seed=1)
+    rollout = generate_rollout(model, tokenizer, _prompts(tokenizer), 4, _sampling(), record_logprobs=True, seed=1)
     assert rollout.sampled_logprobs is not None
     model.eval()
     with torch.no_grad():
@@ -83,7 +84,7 @@ def test_log_probs_equal_a_teacher_forced_pass_and_masks_come_from_eos(policy: t
 
 
 def _greedy(model: torch.nn.Module, tokenizer: object, engine: str) -> torch.Tensor:
-    sampling = replace(SAMPLING, temperature=0.0, engine=engine)  # type: ignore[arg-type]
+    sampling = _sampling(temperature=0.0, engine=engine)
     return generate_rollout(model, tokenizer, _prompts(tokenizer), 1, sampling, seed=0).response_ids
 
 
@@ -112,12 +113,12 @@ def test_the_engines_base_is_restored_exactly_after_many_syncs(policy: tuple) ->
 
     def base_sample() -> tuple[torch.Tensor, torch.Tensor]:
         with model.disable_adapter():
-            out = generate_rollout(model, tokenizer, _prompts(tokenizer), 2, SAMPLING, record_logprobs=True, seed=5)
+            out = generate_rollout(model, tokenizer, _prompts(tokenizer), 2, _sampling(), record_logprobs=True, seed=5)
         return out.response_ids, out.sampled_logprobs
 
     first_ids, first_logp = base_sample()
     for seed in range(6):  # policy syncs in between, as in a run
-        generate_rollout(model, tokenizer, _prompts(tokenizer)[:1], 1, SAMPLING, seed=seed)
+        generate_rollout(model, tokenizer, _prompts(tokenizer)[:1], 1, _sampling(), seed=seed)
     ids, logp = base_sample()
     assert torch.equal(ids, first_ids) and torch.equal(logp, first_logp)  # bit for bit
 
@@ -130,11 +131,11 @@ def test_seeds_reproduce_and_the_process_rng_and_threads_are_untouched(policy: t
     torch.manual_seed(3)
     expected = torch.rand(4)
     torch.manual_seed(3)
-    a = generate_rollout(model, tokenizer, prompts, 4, SAMPLING, seed=11).response_ids
+    a = generate_rollout(model, tokenizer, prompts, 4, _sampling(), seed=11).response_ids
     assert torch.equal(torch.rand(4), expected)  # the engine did not reseed or draw from torch's RNG
-    b = generate_rollout(model, tokenizer, prompts, 4, SAMPLING, seed=11).response_ids
-    c = generate_rollout(model, tokenizer, prompts, 4, SAMPLING, seed=12).response_ids
-    alone = generate_rollout(model, tokenizer, prompts[:1], 4, SAMPLING, seed=11).response_ids
+    b = generate_rollout(model, tokenizer, prompts, 4, _sampling(), seed=11).response_ids
+    c = generate_rollout(model, tokenizer, prompts, 4, _sampling(), seed=12).response_ids
+    alone = generate_rollout(model, tokenizer, prompts[:1], 4, _sampling(), seed=11).response_ids
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(alone, a[:4, : alone.shape[1]])  # a row's draws do not depend on the rest of the batch
     assert len({tuple(row.tolist()) for row in a[:4]}) > 1  # the G samples of one prompt differ
