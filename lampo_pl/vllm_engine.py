@@ -135,6 +135,10 @@ class VllmEngine:
         self.lora_request: Any = None
         self.lora_version = 0
         lora = {"enable_lora": True, "max_lora_rank": lora_rank, "max_loras": 1} if sync == "lora" else {}
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # DDP: one engine per rank inside the trainer's process group, as TRL's colocate mode starts it
+            # (trl/generation/vllm_generation.py); Lightning has set RANK / WORLD_SIZE / MASTER_ADDR already.
+            lora["distributed_executor_backend"] = "external_launcher"
         with preserved_process_state():
             self.llm = vllm.LLM(model=folder, dtype=str(dtype).removeprefix("torch."), enforce_eager=True,
                                 max_model_len=max_model_len, seed=0, logprobs_mode="processed_logprobs",
