@@ -134,16 +134,18 @@ class VllmEngine:
         self.lora_dir = tempfile.mkdtemp(prefix="lampo-vllm-lora-") if sync == "lora" else None
         self.lora_request: Any = None
         self.lora_version = 0
-        lora = {"enable_lora": True, "max_lora_rank": lora_rank, "max_loras": 1} if sync == "lora" else {}
+        extra: dict[str, Any] = {}
+        if sync == "lora":
+            extra.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=1)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # DDP: one engine per rank inside the trainer's process group, as TRL's colocate mode starts it
             # (trl/generation/vllm_generation.py); Lightning has set RANK / WORLD_SIZE / MASTER_ADDR already.
-            lora["distributed_executor_backend"] = "external_launcher"
+            extra["distributed_executor_backend"] = "external_launcher"
         with preserved_process_state():
             self.llm = vllm.LLM(model=folder, dtype=str(dtype).removeprefix("torch."), enforce_eager=True,
                                 max_model_len=max_model_len, seed=0, logprobs_mode="processed_logprobs",
                                 gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=self.sleeps,
-                                **lora)  # fmt: skip
+                                **extra)  # fmt: skip
 
     def sync(self, model: nn.Module) -> None:
         """Make the engine sample what `model` (its active adapter, or the base if adapters are off) samples."""
