@@ -114,6 +114,12 @@ def test_the_engines_base_is_restored_exactly_after_many_syncs(policy: tuple) ->
     def base_sample() -> tuple[torch.Tensor, torch.Tensor]:
         with model.disable_adapter():
             out = generate_rollout(model, tokenizer, _prompts(tokenizer), 2, _sampling(), record_logprobs=True, seed=5)
+            model.eval()
+            with torch.no_grad():
+                teacher, _ = token_logprobs(model, out.input_ids, out.attention_mask, out.prompt_len)
+            model.train()
+        mask = out.response_mask.bool()
+        assert (teacher[:, : mask.shape[1]] - out.sampled_logprobs)[mask].abs().max() < 1e-4  # the base, not the policy
         return out.response_ids, out.sampled_logprobs
 
     first_ids, first_logp = base_sample()
