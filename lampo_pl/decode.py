@@ -15,6 +15,9 @@ How this differs from ``model.generate`` (the ``engine="generate"`` path, kept a
    (tests/test_decode.py): position ids from the attention mask's cumulative sum, the mask dropped
    when no row is padded, the last position's logits only (``logits_to_keep=1``), rows that ended
    filled with the pad id, and a stop as soon as every row has ended.
+5. The KV cache is passed under the name the model's ``forward`` declares: ``cache`` from transformers
+   5.2x on, ``past_key_values`` before (deprecated, removed in 5.40; issue 14). Read from the signature,
+   not guessed from a version string, so the loop runs on the 5.19 that vLLM's CPU build pins too.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from torch import Tensor, nn
 from transformers import TopKLogitsWarper, TopPLogitsWarper
 
 DECODE_ARGUMENTS = ("attention_mask", "position_ids", "past_key_values", "use_cache", "logits_to_keep")
+CACHE_ARGUMENTS = ("cache", "past_key_values")  # the new name first (transformers' deprecate_kwarg, 5.40)
 
 
 def sample_categorical(probs: Tensor) -> Tensor:
@@ -78,15 +82,22 @@ def next_tokens(
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)  # [n], [n]
 
 
-def check_decodable(model: nn.Module) -> None:
-    """Raise a clear error for a model whose forward cannot take what the loop passes (e.g. remote code)."""
+def cache_argument(model: nn.Module) -> str:
+    """The name under which `model`'s forward takes (and its output returns) the KV cache.
+
+    Raises:
+        ValueError: the forward names neither and takes no ``**kwargs`` (e.g. remote code), or lacks
+            another argument the loop passes.
+    """
     base = model.get_base_model() if isinstance(model, PeftModel) else model
-    params = inspect.signature(base.forward).parameters
+    params = inspect.signature(base.forward).parameters  # follows deprecate_kwarg's __wrapped__
+    name = next((n for n in CACHE_ARGUMENTS if n in params), None)
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return  # transformers' models name every argument and take **kwargs besides
-    if missing := [name for name in DECODE_ARGUMENTS if name not in params]:
+        return name or CACHE_ARGUMENTS[1]  # transformers' models name every argument and take **kwargs besides
+    if missing := [n for n in DECODE_ARGUMENTS if n not in params and not (n in CACHE_ARGUMENTS and name)]:
         raise ValueError(f"{type(base).__name__}.forward takes no {', '.join(missing)}, which the native decode "
                          "loop passes; sample with model.sampling.engine: generate")
+    return name  # type: ignore[return-value]  # not None: it is not missing
 
 
 @torch.no_grad()
@@ -108,7 +119,7 @@ def decode(
     After a row's first EOS its tokens are `pad_id` and its log-probs 0; the loop stops when every row
     has ended or at `max_new_tokens`. The model is called as it is (train / eval mode is the caller's).
     """
-    check_decodable(model)
+    cache = cache_argument(model)
     n = input_ids.shape[0]
     positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)  # [n, p]
     mask: Tensor | None = None if bool(attention_mask.all()) else attention_mask  # as generate: no padding, no mask
@@ -129,5 +140,5 @@ def decode(
             mask = torch.cat([mask, mask.new_ones(n, 1)], dim=1)  # [n, p+t+1]
         step_positions = step_positions + 1
         out = model(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=step_positions,
-                    past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)  # fmt: skip
+                    use_cache=True, logits_to_keep=1, **{cache: out[cache]})  # fmt: skip
     return torch.stack(tokens, dim=1), torch.stack(logps, dim=1)  # [n, l], [n, l]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -29,8 +30,9 @@ from lampo_pl.data.synthetic import generate_synthetic
 from lampo_pl.dynamic_sampling import Round, Sample, SamplingRounds, assemble, informative_groups
 from lampo_pl.evaluation_steps import EvaluationSteps
 from lampo_pl.logprobs import token_logprobs
-from lampo_pl.losses import BatchCounts, aggregate, batch_counts, clipped_policy_loss, sequence_coefficients
+from lampo_pl.losses import BatchCounts, aggregate, batch_counts, clipped_policy_loss, kl_penalty, sequence_coefficients
 from lampo_pl.metrics import mean_loss_stats
+from lampo_pl.mismatch import MismatchMeter, importance_weighted, truncated_is_weights
 from lampo_pl.optim import build_optimizer, build_scheduler
 from lampo_pl.policy import load_policy, reference_adapter, trainable_parameters
 from lampo_pl.rewards import RewardBatch, RewardSpec, check_custom_rewards, score_responses
@@ -38,6 +40,7 @@ from lampo_pl.rollout import Rollout, SamplingParams, generate_rollout
 from lampo_pl.settings import ComputeArgs, LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs
 from lampo_pl.step_metrics import OptimResult, Phases, StepRecord, step_metrics
 from lampo_pl.trajectory import Trajectory, micro_batches
+from lampo_pl.vllm_engine import close_engine, step_seed
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         self.tokenizer: Any = None
         self.skipped_steps = 0
         self.last_step: StepRecord | None = None
+        self.mismatch = MismatchMeter()  # sampler vs trainer log-probs, logged per step (lampo_pl/mismatch.py)
         self.save_hyperparameters()
 
     @property
@@ -175,7 +179,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         ``method.max_refill_rounds`` of them. Under DDP the ranks agree on every round (one more while
         any rank lacks groups), so that each takes the same prompts from the refill stream.
         """
-        rounds = [self.sample_round(batch, phases)]
+        rounds = [self.sample_round(batch, phases, 0)]
         extra = 0
         while self.method.dynamic_sampling and extra < self.method.max_refill_rounds:
             missing = self.prompts_per_step - sum(int(r.informative.sum()) for r in rounds)
@@ -184,7 +188,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
             problems = self.refill_problems()
             extra += 1
             if missing > 0:
-                rounds.append(self.sample_round(problems, phases))
+                rounds.append(self.sample_round(problems, phases, extra))
         sample = assemble(rounds, self.prompts_per_step, self.group_size)
         if self.method.dynamic_sampling and sample.stats.groups_kept < self.prompts_per_step:
             log.warning("dynamic sampling: %d of %d groups informative after %d generation rounds; training on them",
@@ -199,11 +203,11 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
                              "ProblemDataModule, or set method.max_refill_rounds: 0")
         return data.refill_batch()
 
-    def sample_round(self, batch: list[Problem], phases: Phases) -> Round:
+    def sample_round(self, batch: list[Problem], phases: Phases, round_index: int) -> Round:
         """One generation round: B prompts, G responses each, their rewards and which groups are informative."""
         with phases("generation"):
             prompts = self.render(batch)
-            rollout, problems = self.collect_rollout(batch, prompts)
+            rollout, problems = self.collect_rollout(batch, prompts, round_index)
         with phases("rewards"):
             scored = self.score(rollout, problems)
         informative = informative_groups(torch.tensor(scored.correct), self.group_size)  # [B]
@@ -217,13 +221,23 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
             return flag
         return bool(self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="sum") > 0)
 
-    def collect_rollout(self, batch: list[Problem], prompts: list[str]) -> tuple[Rollout, list[Problem]]:
-        """Sample G responses per rendered prompt; ``problems[i]`` is the problem of response row i."""
+    def collect_rollout(
+        self, batch: list[Problem], prompts: list[str], round_index: int = 0
+    ) -> tuple[Rollout, list[Problem]]:
+        """Sample G responses per rendered prompt; ``problems[i]`` is the problem of response row i.
+
+        ``round_index`` counts the step's generation rounds (DAPO refill): with the run seed, the step
+        and the rank it fixes the vLLM engine's per-request seeds, so a resumed run draws what the
+        uninterrupted one did and two rounds of one step never share their random numbers.
+        """
         assert self.policy_model is not None
         rollout = generate_rollout(
             self.policy_model, self.tokenizer, prompts, self.group_size, self.sampling,
             max_context=self.max_context, generation_batch_size=self.generation_batch_size,
-            record_logprobs=self.sampler_records_old_logprobs,
+            # With vLLM the sampler's log-probs come free; the mismatch metrics and TIS read them.
+            record_logprobs=self.sampler_records_old_logprobs or self.sampling.engine == "vllm"
+            or self.method.tis_cap is not None,
+            seed=step_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), self.global_step, self.global_rank, round_index),
         )
         return rollout, [q for q in batch for _ in range(self.group_size)]
 
@@ -383,6 +397,14 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
                                             eps_low=m.eps_low, eps_high=m.eps_high, dual_clip=m.dual_clip,
                                             ref_logp=view.ref_logprobs, beta=m.beta,
                                             kl_estimator=m.kl_estimator)  # [n, l]
+        if view.sampler_logprobs is not None:  # the sampler–trainer mismatch, and TIS when asked for
+            old = view.old_logprobs_for(logp)  # [n, l]
+            self.mismatch.add(old, view.sampler_logprobs, view.loss_mask)
+            if m.tis_cap is not None:
+                ref = view.ref_logprobs
+                kl = m.beta * kl_penalty(logp, ref, m.kl_estimator) if ref is not None and m.beta > 0 else 0.0
+                weights = truncated_is_weights(old, view.sampler_logprobs, m.tis_cap)  # [n, l]
+                per_token = importance_weighted(per_token, weights, kl)  # [n, l]
         loss = aggregate(per_token, view.loss_mask, coefficients)
         ent = entropy if entropy is not None else torch.zeros_like(logp)  # [n, l]
         mean_entropy = (ent.detach() * view.loss_mask).sum() / view.loss_mask.sum().clamp(min=1)
@@ -405,12 +427,17 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         """Log the step's scalars under ``train/``; return them without the prefix (NaN ones left out)."""
         metrics = step_metrics(rollout, scored, adv, result, phases, rounds, group_size=self.group_size,
                                skipped_steps=self.skipped_steps, lam=self.lam)
+        metrics.update(self.mismatch.pop())
         clean = {k: v for k, v in metrics.items() if not math.isnan(v)}
         bs = len(scored.total)
         self.log_dict({f"train/{k}": v for k, v in clean.items()}, on_step=True, batch_size=bs)
         self.log("reward", metrics["reward"], prog_bar=True, logger=False, batch_size=bs)
         self.log("acc", metrics["acc"], prog_bar=True, logger=False, batch_size=bs)
         return clean
+
+    def teardown(self, stage: str) -> None:
+        if self.policy_model is not None:
+            close_engine(self.policy_model)  # a vLLM engine (model.sampling.engine: vllm) reserves its memory
 
     # ---- checkpoints: adapters and λ only -------------------------------------------------------
 

@@ -66,7 +66,7 @@ def resolve_model_source(name: str) -> str:
         base, sft = rest.removesuffix("-sft"), rest.endswith("-sft")
         if base not in get_args(TinyArch):
             raise ValueError(f"unknown tiny model {name!r}; expected tiny:<arch> or tiny:<arch>-sft with <arch> "
-                             "one of qwen3, phi3, llama")
+                             "one of qwen3, phi3, llama, qwen3-hd32")
         arch: TinyArch = base  # type: ignore[assignment]  # checked just above
         if sft:
             folder = cache_root() / f"tiny-{arch}-sft-v{TINY_VERSION}.{SFT_VERSION}"

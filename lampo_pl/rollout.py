@@ -40,6 +40,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, 
 from lampo_pl.decode import decode
 from lampo_pl.lora_merge import merged_adapter
 from lampo_pl.settings import finite, require
+from lampo_pl.vllm_engine import import_vllm, request_seeds, shared_engine
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,18 @@ class SamplingParams:
         max_new_tokens: Response length limit; a response without EOS by then is `truncated`.
         min_new_tokens: EOS is banned before this many tokens (0 = off). Samples then no longer come
             from π itself: for benchmarks that need fixed-length responses, not for training.
-        engine: native (lampo-pl's decode loop, the fast one) | generate (transformers' ``generate()``:
-            its exact tokens for a seed, for comparisons).
+        engine: native (lampo-pl's decode loop) | generate (transformers' ``generate()``: its exact tokens
+            for a seed, for comparisons) | vllm (a colocated vLLM engine, the fastest: `make vllm` installs
+            it; lampo_pl/vllm_engine.py).
         merge_lora: Sample with the active LoRA adapter merged into a temporary copy of the weights
             (faster; costs one copy of the adapted weights while sampling; skipped by itself for a
             quantised base).
+        vllm_sync: How the vLLM engine gets the current policy each step: merged (W + s·BA pushed in
+            place, the default: exact and fastest) | lora (the adapter served as a vLLM LoRA request).
+        vllm_kv_cache_gib: vLLM's KV cache on a CPU, in GiB, reserved when the engine starts.
+        vllm_gpu_memory: Fraction of the GPU's memory vLLM may hold (weights + KV cache) on CUDA.
+        vllm_sleep: On CUDA, put the engine to sleep (weights to host memory, KV cache freed) from the end
+            of sampling to the next step's sync, as TRL's colocate mode does.
     """
 
     temperature: float = 1.0
@@ -65,8 +73,12 @@ class SamplingParams:
     top_k: int = 0
     max_new_tokens: int = 256
     min_new_tokens: int = 0
-    engine: Literal["native", "generate"] = "native"
+    engine: Literal["native", "generate", "vllm"] = "native"
     merge_lora: bool = True
+    vllm_sync: Literal["merged", "lora"] = "merged"
+    vllm_kv_cache_gib: int = 1
+    vllm_gpu_memory: float = 0.3
+    vllm_sleep: bool = True
 
     def __post_init__(self) -> None:
         g = "model.sampling"  # one line naming the field (lampo_pl.settings.require)
@@ -76,7 +88,13 @@ class SamplingParams:
         require(self.max_new_tokens >= 1, g, "max_new_tokens", self.max_new_tokens, "max_new_tokens >= 1")
         require(0 <= self.min_new_tokens <= self.max_new_tokens, g, "min_new_tokens", self.min_new_tokens,
                 f"0 <= min_new_tokens <= max_new_tokens ({self.max_new_tokens})")
-        require(self.engine in ("native", "generate"), g, "engine", self.engine, "native | generate")
+        require(self.engine in ("native", "generate", "vllm"), g, "engine", self.engine, "native | generate | vllm")
+        require(self.vllm_sync in ("merged", "lora"), g, "vllm_sync", self.vllm_sync, "merged | lora")
+        require(self.vllm_kv_cache_gib >= 1, g, "vllm_kv_cache_gib", self.vllm_kv_cache_gib, "a whole number >= 1")
+        require(finite(self.vllm_gpu_memory) and 0 < self.vllm_gpu_memory <= 1, g, "vllm_gpu_memory",
+                self.vllm_gpu_memory, "0 < vllm_gpu_memory <= 1")
+        if self.engine == "vllm":
+            import_vllm()  # a missing install is one line at start-up, not a traceback at the first step
 
 
 @dataclass
@@ -241,9 +259,12 @@ def _generate_all(
     pad_id: int,
     batch_size: int | None,
     record_logprobs: bool,
+    seed: int,
 ) -> tuple[Tensor, Tensor | None, float]:
     """Generate for all rows, `batch_size` per call, in eval mode; -> (responses [N, L], their sampler
     log-probs [N, L] or None, seconds)."""
+    if sampling.engine == "vllm":
+        return _sample_vllm(model, rows, sampling, eos_ids, pad_id, record_logprobs, seed)
     step = batch_size or len(rows)
     was_training = model.training
     model.eval()  # no dropout while sampling; the caller's mode comes back even on error
@@ -266,6 +287,34 @@ def _generate_all(
     return responses, logps, seconds  # [N, L], [N, L] | None
 
 
+def _sample_vllm(
+    model: PreTrainedModel | PeftModel,
+    rows: list[list[int]],
+    sampling: SamplingParams,
+    eos_ids: list[int],
+    pad_id: int,
+    record_logprobs: bool,
+    seed: int,
+) -> tuple[Tensor, Tensor | None, float]:
+    """All rows through the model's vLLM engine, synced to the current policy first; -> as `_generate_all`.
+
+    The engine's context is the model's own (``max_position_embeddings``): one engine serves every call.
+    """
+    start = time.perf_counter()
+    engine = shared_engine(model, sync=sampling.vllm_sync, kv_cache_gib=sampling.vllm_kv_cache_gib,
+                           gpu_memory_utilization=sampling.vllm_gpu_memory, sleep=sampling.vllm_sleep,
+                           max_model_len=model.config.max_position_embeddings)  # fmt: skip
+    engine.sync(model)
+    sampled = engine.sample(rows, request_seeds(seed, len(rows)), temperature=sampling.temperature,
+                            top_p=sampling.top_p, top_k=sampling.top_k, max_new_tokens=sampling.max_new_tokens,
+                            min_new_tokens=sampling.min_new_tokens, eos_ids=eos_ids)  # fmt: skip
+    responses, _ = right_pad([tokens for tokens, _ in sampled], pad_id, model.device)  # [N, L]
+    logps = torch.zeros(responses.shape, dtype=torch.float32)  # [N, L]
+    for i, (_, values) in enumerate(sampled):
+        logps[i, : len(values)] = torch.tensor(values, dtype=torch.float32)
+    return responses, (logps.to(model.device) if record_logprobs else None), time.perf_counter() - start
+
+
 def generate_rollout(
     model: PreTrainedModel | PeftModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -276,6 +325,7 @@ def generate_rollout(
     max_context: int | None = None,
     generation_batch_size: int | None = None,
     record_logprobs: bool = False,
+    seed: int | None = None,
 ) -> Rollout:
     """Sample `group_size` responses for each rendered (already chat-templated) prompt.
 
@@ -288,6 +338,8 @@ def generate_rollout(
         max_context: Context limit for prompt + response; default the model's max_position_embeddings.
         generation_batch_size: Rows per `generate` call (default: all B·G rows in one call).
         record_logprobs: Keep the sampler's log-probs of the response tokens (`Rollout.sampled_logprobs`).
+        seed: The vLLM engine's seed for this call (each row's request seed derives from it and the row);
+            default one drawn from torch's RNG. The native and generate engines draw from torch's RNG.
 
     Raises:
         ValueError: a prompt is empty or, with max_new_tokens, longer than the context.
@@ -301,8 +353,10 @@ def generate_rollout(
     eos_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
 
+    if seed is None:
+        seed = int(torch.randint(2**31 - 1, ())) if sampling.engine == "vllm" else 0
     response_ids, sampled, seconds = _generate_all(
-        model, rows, sampling, eos_ids, pad_id, generation_batch_size, record_logprobs
+        model, rows, sampling, eos_ids, pad_id, generation_batch_size, record_logprobs, seed
     )  # [N, L], [N, L] | None
     response_mask, truncated = response_mask_from_ids(response_ids, eos_ids)  # [N, L], [N]
     prompt_ids, prompt_mask = left_pad(rows, pad_id, response_ids.device)  # [N, P], [N, P]

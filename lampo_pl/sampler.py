@@ -2,7 +2,8 @@
 
 Evaluation (``lampo_pl.evaluation.evaluate``) never touches a model: it hands rendered prompts to a
 ``Sampler`` and grades what comes back. Any engine that fits this one call can be plugged in —
-lampo-pl's own decode loop (``NativeSampler`` below), vLLM, a scripted stand-in in tests::
+lampo-pl's rollout sampler (``NativeSampler`` below: the decode loop, ``generate()`` or the run's
+colocated vLLM engine, as ``params.engine`` says), another server, a scripted stand-in in tests::
 
     sampler(prompts: list[str], n: int, params: SamplingParams) -> list[list[Completion]]
 
@@ -11,8 +12,8 @@ Contract (the same for every engine):
 2. The result has one list per prompt, in prompt order, each of exactly ``n`` completions: all
    ``n`` samples of a prompt are drawn in the same call (vLLM's ``SamplingParams(n=...)``).
 3. Sampling honours ``params.temperature`` (0 is greedy), ``top_p``, ``top_k`` (0 = off),
-   ``max_new_tokens`` and ``min_new_tokens``; ``params.engine`` and ``params.merge_lora`` concern the
-   native engine only and other engines ignore them.
+   ``max_new_tokens`` and ``min_new_tokens``; ``params.engine`` and the ``merge_lora`` / ``vllm_*``
+   fields concern ``NativeSampler`` (which routes to that engine) and other samplers ignore them.
 4. ``Completion.truncated`` is True when the response stopped at ``max_new_tokens`` without an end
    of sequence (vLLM: ``finish_reason == "length"``): evaluation reports the truncated fraction
    beside every score, since a reasoning model cut inside ``<think>`` scores 0.
@@ -51,7 +52,8 @@ class Sampler(Protocol):
 
 
 class NativeSampler:
-    """lampo-pl's own sampler (``rollout.generate_rollout``) over a model's active adapter.
+    """lampo-pl's own sampler (``rollout.generate_rollout``) over a model's active adapter, with the engine
+    ``params.engine`` names (native decode loop, ``generate()``, or the model's one vLLM engine).
 
     Args:
         model: The model (a ``PeftModel``: whichever adapter is active samples; none under ``disable_adapter``).

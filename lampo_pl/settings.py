@@ -65,6 +65,9 @@ class MethodArgs:
         lambda_init: Initial λ of the λ-GRPO aggregation.
         r_len: λ-GRPO length sensitivity r_len.
         h_min: λ-GRPO floor on h_i, keeping h^λ finite.
+        tis_cap: Truncated importance sampling for the sampler–trainer mismatch: each token's policy loss
+            is weighted by min(π_old / π_sampler, tis_cap) (TRL's token_truncate, verl's TIS;
+            lampo_pl/mismatch.py), e.g. 2.0 with ``sampling.engine: vllm``; null is off.
     """
 
     estimator: Estimator = "lampo"
@@ -84,6 +87,7 @@ class MethodArgs:
     lambda_init: float = 0.0
     r_len: float = R_LEN
     h_min: float = H_MIN
+    tis_cap: float | None = None
 
     def __post_init__(self) -> None:
         g = "model.method"
@@ -107,6 +111,8 @@ class MethodArgs:
         require(finite(self.lambda_init), g, "lambda_init", self.lambda_init, "a finite number")
         require(finite(self.r_len) and self.r_len >= 0, g, "r_len", self.r_len, "r_len >= 0")
         require(finite(self.h_min) and self.h_min > 0, g, "h_min", self.h_min, "h_min > 0 (keeps h^λ finite)")
+        require(self.tis_cap is None or (finite(self.tis_cap) and self.tis_cap > 0), g, "tis_cap", self.tis_cap,
+                "null or tis_cap > 0")
 
 
 @dataclass
@@ -114,7 +120,7 @@ class LoraArgs:
     """The base model's loading and its two LoRA adapters (``policy`` trained, ``reference`` frozen).
 
     Attributes:
-        dtype: Weights dtype: float32 | bfloat16 | float16 | float64 (float64: exactness tests; 4-bit: the compute dtype).
+        dtype: Weights dtype: float32 | bfloat16 | float16 | float64 (for exactness tests); 4-bit: the compute dtype.
         quantization: none | 4bit (QLoRA NF4, double quantisation) | 8bit.
         trust_remote_code: Run the model repository's own code; off unless you trust it.
         r: LoRA rank.

@@ -30,7 +30,9 @@ from transformers import (
     Qwen3Config,
 )
 
-TinyArch = Literal["qwen3", "phi3", "llama"]
+# "qwen3-hd32": the tiny Qwen3 with head_dim 32, the smallest head vLLM's CPU attention runs
+# (it supports 32, 64, 80, 96, 112, 128, 256: shared docs/VLLM.md); the vLLM engine's tests use it.
+TinyArch = Literal["qwen3", "phi3", "llama", "qwen3-hd32"]
 
 TINY_VERSION = 1  # bump when the corpus, tokenizer or configs change: cached tiny folders are keyed by it
 TINY_VOCAB_SIZE = 1024
@@ -124,12 +126,14 @@ def tiny_config(arch: TinyArch = "qwen3", vocab_size: int = TINY_VOCAB_SIZE) -> 
     )
     if arch == "qwen3":
         return Qwen3Config(head_dim=16, **common)
+    if arch == "qwen3-hd32":
+        return Qwen3Config(head_dim=32, **common)
     if arch == "phi3":
         # Phi3 fuses q/k/v into qkv_proj and gate/up into gate_up_proj (Phi-4-mini's layout).
         return Phi3Config(original_max_position_embeddings=2048, **common)
     if arch == "llama":
         return LlamaConfig(head_dim=16, **common)
-    raise ValueError(f"unknown tiny architecture {arch!r}; expected one of qwen3, phi3, llama")
+    raise ValueError(f"unknown tiny architecture {arch!r}; expected one of qwen3, phi3, llama, qwen3-hd32")
 
 
 def tiny_model(arch: TinyArch = "qwen3", vocab_size: int = TINY_VOCAB_SIZE, seed: int = 0) -> PreTrainedModel:

@@ -37,6 +37,8 @@ class Trajectory:
         old_logprobs: ``[N, L]`` log π_old, frozen before the first update (μ > 1); ``None`` at μ = 1,
             where the detached current log-probs *are* π_old's (see :meth:`old_logprobs_for`).
         ref_logprobs: ``[N, L]`` log π_ref; ``None`` when the reference pass is skipped (β = 0).
+        sampler_logprobs: ``[N, L]`` the sampler's own log-probs of the tokens it drew (``Rollout.sampled_logprobs``),
+            for the sampler–trainer mismatch and TIS (``mismatch.py``); ``None`` when not recorded.
     """
 
     input_ids: Tensor
@@ -47,6 +49,7 @@ class Trajectory:
     advantages: Tensor | None = None
     old_logprobs: Tensor | None = None
     ref_logprobs: Tensor | None = None
+    sampler_logprobs: Tensor | None = None
 
     @classmethod
     def of(cls, rollout: Rollout, loss_mask: Tensor | None = None, keep: Tensor | None = None) -> Trajectory:
@@ -58,6 +61,7 @@ class Trajectory:
             prompt_len=rollout.prompt_len,
             loss_mask=rollout.response_mask if loss_mask is None else loss_mask,  # [N, L]
             keep=torch.ones(n, dtype=torch.bool, device=rollout.input_ids.device) if keep is None else keep,  # [N]
+            sampler_logprobs=rollout.sampled_logprobs,  # [N, L] or None
         )
 
     @property
@@ -93,6 +97,7 @@ class Trajectory:
             advantages=None if self.advantages is None else self.advantages[index],  # [n]
             old_logprobs=cut(self.old_logprobs),
             ref_logprobs=cut(self.ref_logprobs),
+            sampler_logprobs=cut(self.sampler_logprobs),
         )
 
     def old_logprobs_for(self, logp: Tensor) -> Tensor:

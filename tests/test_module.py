@@ -27,8 +27,10 @@ class ScriptedReward(LamPOModule):
 
     rewards_by_row: list[float] | None = None
 
-    def collect_rollout(self, batch: list[Problem], prompts: list[str]) -> tuple[Rollout, list[Problem]]:
-        rollout, problems = super().collect_rollout(batch, prompts)
+    def collect_rollout(
+        self, batch: list[Problem], prompts: list[str], round_index: int = 0
+    ) -> tuple[Rollout, list[Problem]]:
+        rollout, problems = super().collect_rollout(batch, prompts, round_index)
         self.seen_rollout = rollout
         return rollout, problems
 

@@ -29,7 +29,9 @@ B, G, MAX_NEW = 2, 4, 8
 class FixedRollouts(LamPOModule):
     """Responses drawn from a generator seeded by the problem, of varied lengths; reward from the tokens."""
 
-    def collect_rollout(self, batch: list[Problem], prompts: list[str]) -> tuple[Rollout, list[Problem]]:
+    def collect_rollout(
+        self, batch: list[Problem], prompts: list[str], round_index: int = 0
+    ) -> tuple[Rollout, list[Problem]]:
         encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         rows, responses = [], []
         for q, ids in zip(batch, encoded, strict=True):

