@@ -53,7 +53,7 @@ def run_mode(args: argparse.Namespace, sync: str, results: Any) -> None:
         rollout = generate_rollout(model, tokenizer, prompts, args.group_size, sampling, record_logprobs=True,
                                    seed=step)  # fmt: skip
         del engine.sync  # back to the class's method
-        samples.append(rollout.generation_seconds / max(rollout.tokens_generated, 1))  # seconds per token
+        samples.append(rollout.generation_seconds / max(int(rollout.response_lengths.sum()), 1))  # seconds per token
         model.eval()
         with torch.no_grad():
             teacher, _ = token_logprobs(model, rollout.input_ids[:4], rollout.attention_mask[:4], rollout.prompt_len)

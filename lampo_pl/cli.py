@@ -27,14 +27,13 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lampo_pl.callbacks.evaluation import BenchmarkEvaluation, EvalOverrides
+from lampo_pl.callbacks.evaluation import EvalOverrides
 from lampo_pl.callbacks.progress import StepProgressBar
 from lampo_pl.checkpointing import RNGStateCheckpoint, verify_checkpoint
 from lampo_pl.data.datamodule import ProblemDataModule
 from lampo_pl.errors import UserError
 from lampo_pl.module import LamPOModule
 from lampo_pl.policy import check_adapter_folder, check_model_available
-from lampo_pl.settings import finite, require
 
 TRAINER_DEFAULTS = {
     "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}},
@@ -127,11 +126,9 @@ class LamPOCLI(LightningCLI):
         return EvalOverrides(**{f.name: config[f.name] for f in fields(EvalOverrides)})
 
     def check_inputs(self) -> None:
-        """Names and files, checked before anything loads: the model, ``--ckpt_path``, ``--adapter``."""
+        """Names and files, checked before anything loads: the model, ``--ckpt_path``, ``--adapter`` (each settings
+        group and callback checks its own values when built)."""
         check_model_available(self.model.model_name)
-        for callback in self.trainer.callbacks:  # type: ignore[attr-defined]
-            if isinstance(callback, BenchmarkEvaluation):
-                check_evaluation(callback)
         config = self.config_init[self.subcommand]
         ckpt = config.get("ckpt_path")
         if ckpt == "last":
@@ -165,18 +162,6 @@ class LamPOCLI(LightningCLI):
         overrides.apply(self.trainer)
 
     before_test = before_validate
-
-
-def check_evaluation(callback: BenchmarkEvaluation) -> None:
-    """``BenchmarkEvaluation``'s settings in range (checked here until the callback checks them itself)."""
-    g, c = "BenchmarkEvaluation", callback
-    require(isinstance(c.k, int) and c.k >= 1, g, "k", c.k, "an integer >= 1")
-    require(finite(c.temperature) and c.temperature >= 0, g, "temperature", c.temperature, ">= 0 (0: greedy)")
-    require(finite(c.top_p) and 0 < c.top_p <= 1, g, "top_p", c.top_p, "0 < top_p <= 1")
-    require(c.max_new_tokens is None or c.max_new_tokens >= 1, g, "max_new_tokens", c.max_new_tokens, "null or >= 1")
-    require(c.every_n_steps >= 0, g, "every_n_steps", c.every_n_steps, ">= 0 (0: never)")
-    require(c.limit is None or c.limit >= 1, g, "limit", c.limit, "null or >= 1")
-    require(c.batch_size >= 1, g, "batch_size", c.batch_size, ">= 1")
 
 
 def _fixed_log_version(config: Any, subcommand: str) -> None:

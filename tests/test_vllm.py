@@ -80,7 +80,7 @@ def test_log_probs_equal_a_teacher_forced_pass_and_masks_come_from_eos(policy: t
     assert (teacher[:, : mask.shape[1]] - rollout.sampled_logprobs)[mask].abs().max() < 1e-4
     expected_mask, truncated = response_mask_from_ids(rollout.response_ids, stop_token_ids(model, tokenizer))
     assert torch.equal(rollout.response_mask, expected_mask) and torch.equal(rollout.truncated, truncated)
-    assert rollout.tokens_generated == int(mask.sum()) > 0
+    assert int(rollout.response_lengths.sum()) == int(mask.sum()) > 0
 
 
 def _greedy(model: torch.nn.Module, tokenizer: object, engine: str) -> torch.Tensor:

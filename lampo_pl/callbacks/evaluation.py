@@ -50,6 +50,7 @@ from lampo_pl.evaluation import (
 )
 from lampo_pl.rollout import SamplingParams
 from lampo_pl.sampler import NativeSampler, Sampler
+from lampo_pl.settings import finite, require
 
 EVAL_ADAPTER = "evaluated"  # name under which an adapter folder is loaded next to `policy` and `reference`
 
@@ -204,8 +205,17 @@ class BenchmarkEvaluation(L.Callback):
         generation_batch_size: Rows per decode call of the native sampler while evaluating (its KV cache grows
             with rows × max_new_tokens; docs/evaluation.md); null: the module's ``generation_batch_size``.
         """
-        if k < 1 or batch_size < 1:
-            raise ValueError(f"BenchmarkEvaluation: k ({k}) and batch_size ({batch_size}) must be >= 1")
+        g = "BenchmarkEvaluation"  # checked when built, before anything loads: one line naming the setting
+        require(isinstance(k, int) and k >= 1, g, "k", k, "an integer >= 1")
+        require(temperature is None or (finite(temperature) and temperature >= 0), g, "temperature", temperature,
+                "null or >= 0 (0: greedy)")
+        require(top_p is None or (finite(top_p) and 0 < top_p <= 1), g, "top_p", top_p, "null or 0 < top_p <= 1")
+        require(max_new_tokens is None or max_new_tokens >= 1, g, "max_new_tokens", max_new_tokens, "null or >= 1")
+        require(every_n_steps >= 0, g, "every_n_steps", every_n_steps, ">= 0 (0: never)")
+        require(limit is None or limit >= 1, g, "limit", limit, "null or >= 1")
+        require(batch_size >= 1, g, "batch_size", batch_size, ">= 1")
+        require(generation_batch_size is None or generation_batch_size >= 1, g, "generation_batch_size",
+                generation_batch_size, "null or >= 1")
         self.k, self.temperature, self.top_p, self.max_new_tokens = k, temperature, top_p, max_new_tokens
         self.enable_thinking, self.target = enable_thinking, target
         self.every_n_steps, self.at_start, self.at_end = every_n_steps, at_start, at_end
