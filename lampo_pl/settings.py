@@ -113,6 +113,8 @@ class MethodArgs:
         require(finite(self.h_min) and self.h_min > 0, g, "h_min", self.h_min, "h_min > 0 (keeps h^λ finite)")
         require(self.tis_cap is None or (finite(self.tis_cap) and self.tis_cap > 0), g, "tis_cap", self.tis_cap,
                 "null or tis_cap > 0")
+        require(isinstance(self.max_refill_rounds, int) and self.max_refill_rounds >= 0, g, "max_refill_rounds",
+                self.max_refill_rounds, "an integer >= 0 (0: dynamic sampling drops without refilling)")
 
 
 @dataclass
