@@ -32,7 +32,8 @@ Matching semantics (TRL 1.16, ``trl/trainer/grpo_trainer.py``):
   ``--engine generate --no-merge`` samples through the same ``generate()`` call on the PEFT model as TRL;
   ``--engine vllm`` through the colocated vLLM engine (``lampo_pl/vllm_engine.py``; TRL's own vLLM path
   cannot run on a CPU, shared docs/VLLM.md). Several engines are several lampo-pl runs, all taking turns
-  with TRL in one ring; ``+bf16`` runs lampo-pl's loss pass under bf16 autocast.
+  with TRL in one ring; ``+bf16`` runs lampo-pl's teacher-forced passes (loss, π_old, reference) under bf16 autocast
+  (``model.compute.autocast: bfloat16``).
 TRL has no LamPO estimator: with ``--estimator lampo`` TRL runs ``grpo`` (not identical semantics).
 
     .venv/bin/python bench/step_time.py                 # ~1 min on 2 idle cores
@@ -156,7 +157,6 @@ class BenchModule(LamPOModule):
     """LamPOModule with the hash reward, forced response length and per-phase clocks."""
 
     clock: StepClock
-    bf16_loss: bool = False
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return batch  # host-side problems (frozen dataclasses, which Lightning's default refuses)
@@ -166,9 +166,7 @@ class BenchModule(LamPOModule):
         return RewardBatch(total=total, components={"hash": total}, correct=[0.0] * len(total), diagnostics={})
 
     def micro_batch_loss(self, *args: Any) -> Any:
-        # bf16 autocast of the loss pass (AVX-512 BF16 on this CPU); log-softmax stays float32 under autocast
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16_loss):
-            return self.clock.timed("forward", super().micro_batch_loss)(*args)
+        return self.clock.timed("forward", super().micro_batch_loss)(*args)
 
     def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         self.clock.timed("backward", super().manual_backward)(loss, *args, **kwargs)
@@ -211,9 +209,10 @@ def build_lampo(args: argparse.Namespace, problems: list[Problem], clock: StepCl
                           num_iterations=args.mu, eps_low=0.2, eps_high=0.2, kl_estimator="k3",
                           scale="group_std" if args.estimator == "lampo" else "none"),
         optim=OptimArgs(lr=args.lr, betas=(0.9, 0.99), grad_clip=1.0),
-        compute=ComputeArgs(micro_batch_size=args.micro_batch_size or n),
+        compute=ComputeArgs(micro_batch_size=args.micro_batch_size or n,
+                            autocast="bfloat16" if bf16 == "bf16" else "none"),  # +bf16: model.compute.autocast
     )
-    module.clock, module.bf16_loss = clock, bf16 == "bf16"
+    module.clock = clock
     # μ optimiser steps per batch, as TRL counts them: the clock ticks once per batch.
     trainer = L.Trainer(max_steps=(args.warmup + args.steps) * args.mu, accelerator=args.device, devices=1,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -377,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=1.0)
     variants = [f"{e}{b}" for e in ("native", "generate", "vllm") for b in ("", "+bf16")]
     parser.add_argument("--engine", nargs="+", choices=variants, default=["native"],
-                        help="lampo-pl's sampler(s), each its own run; +bf16: the loss pass under bf16 autocast")
+                        help="lampo-pl's sampler(s), each its own run; +bf16: model.compute.autocast bfloat16")
     parser.add_argument("--kv-cache-gib", type=int, default=2, help="vLLM's KV cache (CPU), GiB")
     parser.add_argument("--no-merge", action="store_true", help="lampo-pl samples through the unmerged LoRA")
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -310,9 +310,11 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
     def policy_logprobs(self, view: Trajectory, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
         """``[n, l]`` log-probs (and entropies) of a micro-batch view's response tokens at the sampling temperature."""
         assert self.policy_model is not None
-        return token_logprobs(self.policy_model, view.input_ids, view.attention_mask, view.prompt_len,
-                              chunk_size=self.compute.logprob_chunk, with_entropy=with_entropy,
-                              temperature=self.logit_temperature)
+        precision = self.compute.autocast  # every teacher-forced pass, so π_old, π_ref and π_θ match in precision
+        with torch.autocast(self.device.type, dtype=getattr(torch, precision, None), enabled=precision != "none"):
+            return token_logprobs(self.policy_model, view.input_ids, view.attention_mask, view.prompt_len,
+                                  chunk_size=self.compute.logprob_chunk, with_entropy=with_entropy,
+                                  temperature=self.logit_temperature)
 
     # ---- advantages, loss, optimiser ------------------------------------------------------------
 

@@ -197,15 +197,20 @@ class OptimArgs:
 
 @dataclass
 class ComputeArgs:
-    """How the step's passes are cut to fit memory; the update does not depend on them (up to float rounding).
+    """How the step's teacher-forced passes run: cut to fit memory (the update does not depend on it, up to
+    float rounding) and the precision of their matmuls.
 
     Attributes:
         micro_batch_size: Responses per forward/backward (gradient accumulation over the B·G batch).
         logprob_chunk: Positions per chunk of the log-prob head, bounding its extra memory.
+        autocast: Run the loss, π_old and reference passes under ``torch.autocast`` in this dtype: none |
+            bfloat16 | float16. bfloat16 halves the loss pass's forward and backward on CPUs with AVX-512 BF16
+            (docs/performance.md) and on GPUs; log-softmax stays float32. The weights keep ``lora.dtype``.
     """
 
     micro_batch_size: int = 8
     logprob_chunk: int = 1024
+    autocast: Literal["none", "bfloat16", "float16"] = "none"
 
     def __post_init__(self) -> None:
         g = "model.compute"
@@ -213,6 +218,8 @@ class ComputeArgs:
                 self.micro_batch_size, "an integer >= 1 dividing prompts_per_step × group_size")
         require(isinstance(self.logprob_chunk, int) and self.logprob_chunk >= 1, g, "logprob_chunk",
                 self.logprob_chunk, "an integer >= 1")
+        require(self.autocast in ("none", "bfloat16", "float16"), g, "autocast", self.autocast,
+                "none | bfloat16 | float16")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from lampo_pl.policy import adapter_state
 from lampo_pl.rewards import RewardBatch
 from lampo_pl.rollout import Rollout, SamplingParams
 from lampo_pl.settings import ComputeArgs, MethodArgs, OptimArgs
+from lampo_pl.trajectory import Trajectory
 
 ESTIMATORS = ("grpo", "dr_grpo", "rloo", "lampo")
 AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm", "lambda")
@@ -254,3 +255,26 @@ def test_dynamic_sampling_bound_trains_on_kept_groups_with_dropped_ones_out_of_e
     n, tokens = counts[0]
     assert n == 4, "N counts the 4 responses of the kept group only"
     assert tokens <= 4 * module.sampling.max_new_tokens
+
+
+def test_autocast_runs_every_teacher_forced_pass_in_bfloat16() -> None:
+    """``compute.autocast: bfloat16`` (docs/performance.md: halves the loss pass on AVX-512 BF16): the log-probs
+    come out float32 and within bf16 rounding of the float32 pass, but not equal to it (autocast is on); a fit
+    with it trains the policy adapter."""
+    module = make("grpo", beta=0.04)
+    torch.manual_seed(0)
+    module.configure_model()
+    fit(module, steps=1)
+    traj = Trajectory.of(module.seen_rollout)
+    with torch.no_grad():
+        full, _ = module.policy_logprobs(traj)  # [N, L] float32 matmuls
+        module.compute = ComputeArgs(micro_batch_size=4, autocast="bfloat16")
+        half, _ = module.policy_logprobs(traj)  # [N, L] bf16 matmuls, float32 log-softmax
+    mask = traj.response_mask.bool()
+    assert half.dtype == torch.float32
+    diff = (half - full)[mask].abs()
+    assert 0 < diff.max() < 0.25, diff.max()  # bf16 keeps ~3 significant digits of the logits
+    before = {k: v.clone() for k, v in adapter_state(module.policy_model, "policy").items()}
+    fit(module, steps=1)
+    after = adapter_state(module.policy_model, "policy")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
