@@ -395,12 +395,12 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         m = self.method
         assert view.advantages is not None
         logp, entropy = self.policy_logprobs(view, with_entropy=True)  # [n, l]
-        per_token, st = clipped_policy_loss(logp, view.old_logprobs_for(logp), view.advantages, view.loss_mask,
+        old = view.old_logprobs_for(logp)  # [n, l]
+        per_token, st = clipped_policy_loss(logp, old, view.advantages, view.loss_mask,
                                             eps_low=m.eps_low, eps_high=m.eps_high, dual_clip=m.dual_clip,
                                             ref_logp=view.ref_logprobs, beta=m.beta,
                                             kl_estimator=m.kl_estimator)  # [n, l]
         if view.sampler_logprobs is not None:  # the sampler–trainer mismatch, and TIS when asked for
-            old = view.old_logprobs_for(logp)  # [n, l]
             self.mismatch.add(old, view.sampler_logprobs, view.loss_mask)
             if m.tis_cap is not None:
                 ref = view.ref_logprobs
