@@ -90,8 +90,9 @@ def clipped_policy_loss(
     ref_logp: Tensor | None = None,
     beta: float = 0.0,
     kl_estimator: KLEstimator = "k3",
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, PolicyLossStats]:
-    """Per-token PPO-clip loss plus β·KL: ``ℓ = −min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A) + β·KL``.
+    """Per-token PPO-clip loss plus β·KL: ``ℓ = −w·min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A) + β·KL``.
 
     Args:
         logp: ``[N, L]`` log π_θ of the sampled tokens (carries the gradient).
@@ -104,6 +105,9 @@ def clipped_policy_loss(
             measured (``kl_ref`` statistic, no gradient); without it ``kl_ref`` is NaN.
         beta: KL coefficient β.
         kl_estimator: ``"k1" | "k2" | "k3"``.
+        is_weights: ``[N, L]`` constant importance weights w of the policy term (truncated IS for the
+            sampler–trainer mismatch, ``mismatch.truncated_is_weights``); the β·KL term is not weighted,
+            as in TRL's ``_compute_loss``. ``None``: w ≡ 1.
 
     Returns:
         ``([N, L]`` per-token loss, unmasked``, PolicyLossStats)``.
@@ -129,6 +133,8 @@ def clipped_policy_loss(
     if dual_clip is not None:
         # verl core_algos.compute_policy_loss: for A < 0 cap the loss at −c·A.
         loss = torch.where(adv < 0, torch.minimum(loss, -adv * dual_clip), loss)  # [N, L]
+    if is_weights is not None:
+        loss = loss * is_weights.detach()  # [N, L] the policy term only, before β·KL is added
 
     kl_ref = torch.full((), math.nan, dtype=logp.dtype, device=logp.device)  # NaN: not measured
     if ref_logp is not None:

@@ -32,14 +32,6 @@ def truncated_is_weights(old_logp: Tensor, sampler_logp: Tensor, cap: float) -> 
     return torch.exp(old_logp.detach() - sampler_logp).clamp(max=cap)  # [n, l]
 
 
-def importance_weighted(per_token: Tensor, weights: Tensor, kl_term: Tensor | float) -> Tensor:
-    """Weight the policy-gradient part of a per-token loss that already includes `kl_term` (β·KL). [n, l] -> [n, l]
-
-    ℓ = w·(ℓ − β·KL) + β·KL: as TRL, the KL penalty stays unweighted (``_compute_loss``).
-    """
-    return weights * (per_token - kl_term) + kl_term  # [n, l]
-
-
 class MismatchMeter:
     """Accumulates `sampler_mismatch` over a step's micro-batches; `pop` returns the step's metrics."""
 

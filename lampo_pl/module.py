@@ -30,9 +30,9 @@ from lampo_pl.data.synthetic import generate_synthetic
 from lampo_pl.dynamic_sampling import Round, Sample, SamplingRounds, assemble, informative_groups
 from lampo_pl.evaluation_steps import EvaluationSteps
 from lampo_pl.logprobs import token_logprobs
-from lampo_pl.losses import BatchCounts, aggregate, batch_counts, clipped_policy_loss, kl_penalty, sequence_coefficients
+from lampo_pl.losses import BatchCounts, aggregate, batch_counts, clipped_policy_loss, sequence_coefficients
 from lampo_pl.metrics import mean_loss_stats
-from lampo_pl.mismatch import MismatchMeter, importance_weighted, truncated_is_weights
+from lampo_pl.mismatch import MismatchMeter, truncated_is_weights
 from lampo_pl.optim import build_optimizer, build_scheduler
 from lampo_pl.policy import load_policy, reference_adapter, trainable_parameters
 from lampo_pl.rewards import RewardBatch, RewardSpec, check_custom_rewards, score_responses
@@ -396,17 +396,14 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         assert view.advantages is not None
         logp, entropy = self.policy_logprobs(view, with_entropy=True)  # [n, l]
         old = view.old_logprobs_for(logp)  # [n, l]
+        sampled = view.sampler_logprobs  # [n, l] or None
+        if sampled is not None:  # the sampler–trainer mismatch, logged every step
+            self.mismatch.add(old, sampled, view.loss_mask)
+        tis = None if sampled is None or m.tis_cap is None else truncated_is_weights(old, sampled, m.tis_cap)
         per_token, st = clipped_policy_loss(logp, old, view.advantages, view.loss_mask,
                                             eps_low=m.eps_low, eps_high=m.eps_high, dual_clip=m.dual_clip,
                                             ref_logp=view.ref_logprobs, beta=m.beta,
-                                            kl_estimator=m.kl_estimator)  # [n, l]
-        if view.sampler_logprobs is not None:  # the sampler–trainer mismatch, and TIS when asked for
-            self.mismatch.add(old, view.sampler_logprobs, view.loss_mask)
-            if m.tis_cap is not None:
-                ref = view.ref_logprobs
-                kl = m.beta * kl_penalty(logp, ref, m.kl_estimator) if ref is not None and m.beta > 0 else 0.0
-                weights = truncated_is_weights(old, view.sampler_logprobs, m.tis_cap)  # [n, l]
-                per_token = importance_weighted(per_token, weights, kl)  # [n, l]
+                                            kl_estimator=m.kl_estimator, is_weights=tis)  # [n, l]
         loss = aggregate(per_token, view.loss_mask, coefficients)
         ent = entropy if entropy is not None else torch.zeros_like(logp)  # [n, l]
         mean_entropy = (ent.detach() * view.loss_mask).sum() / view.loss_mask.sum().clamp(min=1)

@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from lampo_pl.mismatch import MismatchMeter, importance_weighted, sampler_mismatch, truncated_is_weights
+from lampo_pl.losses import clipped_policy_loss
+from lampo_pl.mismatch import MismatchMeter, sampler_mismatch, truncated_is_weights
 from lampo_pl.vllm_engine import request_seeds, step_seed
 
 
@@ -28,16 +29,21 @@ def test_truncated_is_weights_are_the_capped_ratio_and_weight_only_the_policy_te
     sampler = torch.log(torch.tensor([[0.25, 0.4, 0.1]]))
     weights = truncated_is_weights(old, sampler, cap=3.0)  # ratios 2, 0.5, 9 -> capped at 3
     assert torch.allclose(weights, torch.tensor([[2.0, 0.5, 3.0]]))
-    per_token = torch.tensor([[3.0, 3.0, 3.0]])  # policy term 2 + β·KL 1
-    assert torch.allclose(importance_weighted(per_token, weights, torch.tensor(1.0)), torch.tensor([[5.0, 2.0, 7.0]]))
+    # μ = 1 (ρ = 1), A = −2: policy term 2 per token; β = 1 with ref = logp + log(2): k1 KL = −log 2 per token
+    logp = torch.zeros(1, 3)
+    per_token, _ = clipped_policy_loss(logp, logp, torch.tensor([-2.0]), torch.ones(1, 3), ref_logp=logp + math.log(2),
+                                       beta=1.0, kl_estimator="k1", is_weights=weights)
+    assert torch.allclose(per_token, torch.tensor([[2.0, 0.5, 3.0]]) * 2.0 - math.log(2))
 
 
 def test_tis_gradient_flows_through_the_policy_term_only_scaled_by_the_constant_weight() -> None:
     logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
     weights = truncated_is_weights(logp, torch.tensor([[-1.0, -1.0]]), cap=10.0)  # [[1, e^-1]], no grad
     assert not weights.requires_grad
-    loss = importance_weighted(-logp * 2.0 + 0.5 * logp, weights, 0.5 * logp).sum()  # PG: -2·logp, KL: 0.5·logp
-    loss.backward()
+    # μ = 1, A = 2: PG term −2·ρ (gradient −2 per token); β = 0.5, k1 KL = logp − ref (gradient 0.5 per token)
+    per_token, _ = clipped_policy_loss(logp, logp.detach(), torch.tensor([2.0]), torch.ones(1, 2),
+                                       ref_logp=torch.zeros(1, 2), beta=0.5, kl_estimator="k1", is_weights=weights)
+    per_token.sum().backward()
     assert torch.allclose(logp.grad, torch.tensor([[-2.0 + 0.5, -2.0 * math.exp(-1) + 0.5]]))
 
 
