@@ -1,14 +1,18 @@
 """Learning efficiency of LamPO vs GRPO-family baselines: the ablation table from the command line.
 
-Runs every method × seed of an ablation preset (lampo_pl.ablation; default ``tiny``: the warmed-up
-tiny Qwen3 on one-digit sums, 6 methods × 5 seeds, well under an hour on a 2-core CPU) and writes,
-into ``--out``: ``table.md``, ``table.csv``, ``curves.png``, ``setup.json`` (settings, machine,
-versions) and every run under ``runs/`` (re-running with the same settings reuses finished runs).
-It measures; it asserts nothing.
+Runs every method × seed of an ablation preset (lampo_pl.ablation.settings.PRESETS, described
+there) and writes, into ``--out``: ``table.md`` (per-method table, paired differences to the baseline
+with 95 % intervals, and the density reward's effect), ``table.csv``, ``paired.csv``, ``curves.png``,
+``differences.png``, ``setup.json`` (settings, machine, versions, wall time) and every run under
+``runs/``. Re-running with the same settings reuses finished runs, so a long preset can be spread over
+several sittings (runs go seed by seed, so a stopped ablation holds complete pairs). It measures; it
+asserts nothing.
 
-    python bench/learning_efficiency.py                      # the embedded default
-    python bench/learning_efficiency.py --preset smollm2     # the packaged SmolLM2-135M (hours on a CPU)
-    python bench/learning_efficiency.py --steps 20 --seeds 0 1 --methods grpo lampo --out /tmp/le
+    python bench/learning_efficiency.py                          # the embedded default (preset tiny)
+    python bench/learning_efficiency.py --preset tiny-mix        # room to learn: τ sweep, ± density
+    python bench/learning_efficiency.py --preset smollm2         # SmolLM2-135M with vLLM (hours on a CPU)
+    python bench/learning_efficiency.py --steps 20 --seeds 0 1 --methods grpo lampo lampo@tau=2 --out /tmp/le
+    python bench/learning_efficiency.py --preset smollm2 --report-only   # tables and plots from saved runs
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from pathlib import Path
 
 import torch
 
-from lampo_pl.ablation import METHODS, PRESETS, load_results, preset, run_ablation, summarise, to_csv, to_markdown
+from lampo_pl.ablation import PRESETS, load_results, method_preset, preset, run_ablation, summarise, to_csv, to_markdown
+from lampo_pl.ablation.settings import AblationSettings
+from lampo_pl.ablation.summary import paired_csv, paired_differences, paired_markdown
 
 OVERRIDABLE = ("model", "steps", "prompts_per_step", "group_size", "max_new_tokens", "temperature", "lr",
                "lora_r", "density_weight", "eval_every", "eval_problems", "eval_k", "threshold", "smooth",
@@ -34,14 +40,27 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/learning_efficiency/<preset>")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None)
+    parser.add_argument("--methods", nargs="+", type=_arm, default=None,
+                        help="arms: <base>[+rouge][@field=value], e.g. grpo lampo+rouge@tau=2 (ablation/methods.py)")
+    parser.add_argument("--baseline", default=None, help="the arm paired differences are taken against (grpo)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
-    parser.add_argument("--engine", choices=["native", "generate"], default=None, help="sampler (SamplingParams)")
+    parser.add_argument("--engine", choices=["native", "generate", "vllm"], default=None,
+                        help="sampler (SamplingParams.engine)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: tables and plots from the runs already saved in --out")
     types = {f.name: f.type for f in fields(preset("tiny"))}
     for name in OVERRIDABLE:
         kind = {"int": int, "float": float, "str": str}[str(types[name])]
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
     return parser.parse_args()
+
+
+def _arm(spec: str) -> str:
+    try:
+        method_preset(spec)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return spec
 
 
 def machine() -> dict[str, object]:
@@ -58,20 +77,29 @@ def machine() -> dict[str, object]:
 def main() -> None:
     args = parse_args()
     overrides = {name: getattr(args, name) for name in OVERRIDABLE if getattr(args, name) is not None}
-    if args.methods:
-        overrides["methods"] = tuple(args.methods)
-    if args.seeds:
-        overrides["seeds"] = tuple(args.seeds)
-    if args.engine:
-        overrides["engine"] = args.engine
+    for name in ("methods", "seeds"):
+        if getattr(args, name):
+            overrides[name] = tuple(getattr(args, name))
+    for name in ("engine", "baseline"):
+        if getattr(args, name):
+            overrides[name] = getattr(args, name)
     settings = replace(preset(args.preset), **overrides)
     out = args.out or Path(__file__).parent / "results" / "learning_efficiency" / args.preset
     out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if args.report_only:
+        results = [r for r in load_results(out) if r.method in settings.methods and r.seed in settings.seeds]
+        if not results:
+            raise SystemExit(f"no saved runs of these methods and seeds under {out / 'runs'}")
+    else:
+        results = run_all(settings, out)
+    report(settings, results, out, args.preset, time.perf_counter() - start)
+
+
+def run_all(settings: AblationSettings, out: Path) -> list:  # type: ignore[type-arg]
     total = len(settings.methods) * len(settings.seeds)
     print(f"{total} runs ({len(settings.methods)} methods × {len(settings.seeds)} seeds), {settings.workers} at a "
           f"time, into {out}", flush=True)
-    earlier = len(list((out / "runs").glob("*.json")))
-    start = time.perf_counter()
     done = 0
 
     def progress(result) -> None:  # type: ignore[no-untyped-def]
@@ -80,25 +108,36 @@ def main() -> None:
         print(f"[{done}/{total}] {result.name}: held-out avg@{settings.eval_k} {result.evals[0]['avg_at_k']:.3f} → "
               f"{result.evals[-1]['avg_at_k']:.3f} ({result.seconds:.0f} s)", flush=True)
 
-    results = run_ablation(settings, out, on_result=progress)
-    wall = time.perf_counter() - start
+    return run_ablation(settings, out, on_result=progress)
+
+
+def report(settings: AblationSettings, results: list, out: Path, name: str, wall: float) -> None:  # type: ignore[type-arg]
     rows = summarise(results, settings)
+    versus = paired_differences(results, settings)
+    density = paired_differences(results, settings, against="binary")
     table = to_markdown(rows, settings)
+    table += f"\nPaired differences, arm minus reference, per seed: mean [95 % t interval] over seeds (bold: the " \
+             f"interval excludes 0).\n\n{paired_markdown(versus, settings)}"
+    if density:
+        table += f"\nThe density reward's effect (same method with and without ROUGE-L):\n\n" \
+                 f"{paired_markdown(density, settings)}"
     (out / "table.md").write_text(table)
     (out / "table.csv").write_text(to_csv(rows))
-    setup = {"preset": args.preset, "settings": asdict(settings), "machine": machine(), "wall_seconds": wall,
-             "runs": len(results), "runs_found_finished": earlier}
+    (out / "paired.csv").write_text(paired_csv([*versus, *density]))
+    setup = {"preset": name, "settings": asdict(settings), "machine": machine(), "wall_seconds_this_call": wall,
+             "run_seconds_total": sum(r.seconds for r in results), "runs": len(results)}
     (out / "setup.json").write_text(json.dumps(setup, indent=2))
 
     import matplotlib
 
     matplotlib.use("Agg")
-    from lampo_pl.ablation.plots import plot_ablation
+    from lampo_pl.ablation.plots import plot_ablation, plot_differences
 
-    plot_ablation(load_results(out), settings.methods, settings.smooth, settings.threshold).savefig(
-        out / "curves.png", dpi=110
-    )
-    print(f"\n{table}\nwall {wall / 60:.1f} min; wrote table.md, table.csv, curves.png, setup.json to {out}")
+    plot_ablation(results, settings.methods, settings.smooth, settings.threshold).savefig(out / "curves.png", dpi=110)
+    plot_differences(results, settings.methods, settings.baseline, settings.smooth).savefig(
+        out / "differences.png", dpi=110)
+    print(f"\n{table}\nwall {wall / 60:.1f} min this call, {setup['run_seconds_total'] / 60:.1f} min of runs; wrote "
+          f"table.md, table.csv, paired.csv, curves.png, differences.png, setup.json to {out}")
 
 
 if __name__ == "__main__":

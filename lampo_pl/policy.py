@@ -16,7 +16,8 @@ reference) and why:
    (bitsandbytes 0.50 `nn/modules.py`, `Linear4bit.forward`; docs/ENVIRONMENT.md "Pitfalls").
 
 Model names: `tiny:qwen3|phi3|llama` (lampo_pl.tiny, cached), `tiny:<arch>-sft` (the same after a brief
-supervised warm-up on synthetic sums, lampo_pl.tiny_sft: partial competence, for cheap ablations),
+supervised warm-up on synthetic sums, lampo_pl.tiny_sft: partial competence, for cheap ablations;
+`tiny:<arch>-sft<N>` stops the warm-up after N steps instead of 150, e.g. `-sft100` for a weaker start),
 `packaged:smollm2-135m-instruct`
 (lampo_pl.packaged), anything else a Hub id or a local folder.
 """
@@ -24,6 +25,7 @@ supervised warm-up on synthetic sums, lampo_pl.tiny_sft: partial competence, for
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,7 +53,7 @@ from lampo_pl.errors import UserError
 from lampo_pl.lora_merge import branches_off, is_plain_lora, lora_layers
 from lampo_pl.packaged import build_cached, cache_root, gguf_model_dir, packaged_model_dir
 from lampo_pl.tiny import TINY_VERSION, TinyArch, save_tiny
-from lampo_pl.tiny_sft import SFT_VERSION, save_tiny_sft
+from lampo_pl.tiny_sft import SFT_ARGS, SFT_VERSION, save_tiny_sft
 
 Quantization = Literal["none", "4bit", "8bit"]
 POLICY_ADAPTER = "policy"
@@ -59,18 +61,23 @@ REFERENCE_ADAPTER = "reference"
 _GC_KWARGS = {"use_reentrant": False}  # reentrant checkpointing drops grads of frozen-input LoRA blocks
 
 
+_TINY = re.compile(r"(?P<arch>.+?)(?P<sft>-sft(?P<steps>[1-9][0-9]*)?)?")  # qwen3, qwen3-sft, qwen3-sft100
+
+
 def resolve_model_source(name: str) -> str:
     """Map a model name to something `from_pretrained` accepts (building cached folders on demand)."""
     kind, _, rest = name.partition(":")
     if kind == "tiny":
-        base, sft = rest.removesuffix("-sft"), rest.endswith("-sft")
-        if base not in get_args(TinyArch):
-            raise ValueError(f"unknown tiny model {name!r}; expected tiny:<arch> or tiny:<arch>-sft with <arch> "
-                             "one of qwen3, phi3, llama, qwen3-hd32")
-        arch: TinyArch = base  # type: ignore[assignment]  # checked just above
-        if sft:
-            folder = cache_root() / f"tiny-{arch}-sft-v{TINY_VERSION}.{SFT_VERSION}"
-            return str(build_cached(folder, lambda target: save_tiny_sft(target, arch)))
+        match = _TINY.fullmatch(rest)
+        if match is None or match["arch"] not in get_args(TinyArch):
+            raise ValueError(f"unknown tiny model {name!r}; expected tiny:<arch>, tiny:<arch>-sft or "
+                             "tiny:<arch>-sft<steps> with <arch> one of qwen3, phi3, llama, qwen3-hd32")
+        arch: TinyArch = match["arch"]  # type: ignore[assignment]  # checked just above
+        if match["sft"]:
+            steps = int(match["steps"] or SFT_ARGS.steps)
+            label = "sft" if steps == SFT_ARGS.steps else f"sft{steps}"  # the default keeps its cached folder
+            folder = cache_root() / f"tiny-{arch}-{label}-v{TINY_VERSION}.{SFT_VERSION}"
+            return str(build_cached(folder, lambda target: save_tiny_sft(target, arch, steps)))
         folder = cache_root() / f"tiny-{arch}-v{TINY_VERSION}"
         return str(build_cached(folder, lambda target: save_tiny(target, arch)))
     if kind == "packaged":
@@ -117,7 +124,8 @@ def check_model_available(name: str) -> None:
     ``tiny:``/``packaged:`` name, or (offline, ``HF_HUB_OFFLINE=1``) a Hub id that is not in the local cache."""
     kind, _, rest = name.partition(":")
     if kind == "tiny":
-        if rest.removesuffix("-sft") not in get_args(TinyArch):
+        match = _TINY.fullmatch(rest)
+        if match is None or match["arch"] not in get_args(TinyArch):
             resolve_model_source(name)  # raises its own message naming the valid architectures
         return
     if kind == "packaged" or name.endswith(".gguf"):

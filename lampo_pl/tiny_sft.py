@@ -10,11 +10,14 @@ takes 150 steps (the built model scores 0.56 on the ablation's held-out set), so
 between 0 and 1 with room to improve. With 110 steps (~0.3) RL learned no faster in trial runs.
 
 The build is deterministic (one CPU thread, fixed seeds; ~15 s) and cached like the other tiny
-folders, keyed by ``TINY_VERSION`` and ``SFT_VERSION``.
+folders, keyed by ``TINY_VERSION`` and ``SFT_VERSION``. ``tiny:qwen3-sft<N>`` stops after N steps
+instead (its own cached folder): the ``tiny-room`` ablation starts from ``-sft100``, ~0.3 held-out
+accuracy, where RL gains about 0.1 in 80 steps instead of ~0.03 from ``-sft``.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,8 +33,9 @@ SFT_PROBLEMS = 2000
 SFT_ARGS = WarmupArgs(steps=150, batch_size=32, lr=3e-3, seed=0)
 
 
-def save_tiny_sft(directory: str | Path, arch: TinyArch = "qwen3") -> Path:
-    """Warm up the tiny model (every weight) on synthetic reference solutions; save it with its tokenizer."""
+def save_tiny_sft(directory: str | Path, arch: TinyArch = "qwen3", steps: int = SFT_ARGS.steps) -> Path:
+    """Warm up the tiny model (every weight) on synthetic reference solutions for ``steps`` optimiser steps
+    (``SFT_ARGS`` otherwise); save it with its tokenizer."""
     directory = Path(directory)
     tokenizer = tiny_tokenizer()
     model = tiny_model(arch)
@@ -41,7 +45,7 @@ def save_tiny_sft(directory: str | Path, arch: TinyArch = "qwen3") -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # float sums in a fixed order: the same weights on every machine
     try:
-        supervised_warmup(model, tokenizer, prompts, solutions, SFT_ARGS)
+        supervised_warmup(model, tokenizer, prompts, solutions, replace(SFT_ARGS, steps=steps))
     finally:
         torch.set_num_threads(threads)
     directory.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""The ablation: presets equal the configs, summaries by hand, a small end-to-end run that resumes."""
+"""The ablation: presets equal the configs, arm specs, summaries and paired intervals by hand (scipy as the
+interval's oracle), a small end-to-end run whose seeds are paired and that resumes."""
 
 from __future__ import annotations
 
@@ -11,10 +12,32 @@ import matplotlib
 import numpy as np
 import pytest
 import yaml
+from scipy import stats
 
-from lampo_pl.ablation import METHODS, AblationSettings, RunResult, preset, run_ablation, summarise, to_csv, to_markdown
+from lampo_pl.ablation import (
+    METHODS,
+    AblationSettings,
+    RunResult,
+    method_preset,
+    preset,
+    run_ablation,
+    summarise,
+    to_csv,
+    to_markdown,
+)
 from lampo_pl.ablation import run as run_mod
-from lampo_pl.ablation.summary import curve, steps_to_threshold, trailing_mean
+from lampo_pl.ablation.methods import reference_arm
+from lampo_pl.ablation.summary import (
+    curve,
+    difference_band,
+    paired_csv,
+    paired_differences,
+    paired_markdown,
+    steps_to_threshold,
+    t_interval,
+    trailing_mean,
+    train_auc,
+)
 from lampo_pl.settings import MethodArgs
 
 matplotlib.use("Agg")
@@ -27,6 +50,23 @@ def test_method_preset_is_its_config_method_block(name: str) -> None:
     preset_ = METHODS[name]
     block = yaml.safe_load((ROOT / preset_.config).read_text())["model"]["method"]
     assert preset_.method == MethodArgs(**block)
+
+
+def test_arm_specs() -> None:
+    arm = method_preset("lampo+rouge@tau=0.5")
+    assert arm.base == "lampo" and arm.density and arm.label == "LamPO + ROUGE-L τ=0.5"
+    assert arm.method == replace(METHODS["lampo"].method, tau=0.5)
+    assert not method_preset("lampo").density and method_preset("lampo").method == METHODS["lampo"].method
+    assert method_preset("dapo@mask_truncated=false@max_refill_rounds=0").method.max_refill_rounds == 0
+    assert method_preset("grpo@dual_clip=null").method.dual_clip is None
+    assert reference_arm("lampo+rouge@tau=2", "grpo") == "grpo+rouge" and reference_arm("lampo", "grpo") == "grpo"
+    for bad, message in [("ppo", "unknown ablation method 'ppo'"), ("lampo rouge", "unknown ablation method"),
+                         ("lampo@tau=x", "tau='x' is not a float"), ("lampo@foo=1", "no field 'foo'"),
+                         ("lampo@tau=-1", r"tau=-1\.0: allowed tau >= 0")]:
+        with pytest.raises(ValueError, match=message):
+            method_preset(bad)
+    with pytest.raises(ValueError, match="unknown ablation method 'ppo'"):
+        AblationSettings(baseline="ppo")
 
 
 def result(method: str, seed: int, acc: list[float], evals: list[float], kl: float | None = None) -> RunResult:
@@ -66,6 +106,55 @@ def test_curve_and_summary_over_seeds() -> None:
     assert len(lines) == 3 and lines[0].startswith("method,label,seeds,reached")
 
 
+def test_paired_differences_by_hand_with_scipy_as_the_interval_oracle() -> None:
+    # acc curves over 4 steps; threshold 0.5 on the raw accuracy (smooth 1).
+    runs = [
+        result("grpo", 0, [0.0, 0.2, 0.6, 0.6], [0.3, 0.4]), result("lampo", 0, [0.0, 0.6, 0.6, 0.6], [0.3, 0.5]),
+        result("grpo", 1, [0.0, 0.0, 0.2, 0.6], [0.3, 0.4]), result("lampo", 1, [0.2, 0.2, 0.6, 0.8], [0.3, 0.6]),
+        result("grpo", 2, [0.0, 0.0, 0.0, 0.0], [0.3, 0.3]), result("lampo", 2, [0.0, 0.0, 0.0, 0.6], [0.3, 0.35]),
+        result("lampo", 3, [1.0, 1.0, 1.0, 1.0], [0.3, 0.9]),  # no GRPO run of seed 3: not a pair
+    ]
+    settings = replace(preset("tiny"), methods=("grpo", "lampo"), seeds=(0, 1, 2, 3), steps=4, threshold=0.5,
+                       smooth=1)
+    (row,) = paired_differences(runs, settings)
+    assert (row.method, row.reference, row.seeds) == ("lampo", "grpo", (0, 1, 2))
+    # steps to 0.5: lampo 2, 3, 4 vs grpo 3, 4, never (= steps + 1 = 5): differences -1, -1, -1
+    assert row.steps.mean == pytest.approx(-1.0) and row.censored == 1
+    assert row.steps.low == pytest.approx(-1.0) and row.steps.high == pytest.approx(-1.0)  # no spread
+    auc = [0.45 - 0.35, 0.45 - 0.2, 0.15 - 0.0]
+    assert train_auc(runs[1]) == pytest.approx(0.45)
+    assert row.auc.mean == pytest.approx(np.mean(auc)) and row.final.mean == pytest.approx(np.mean([0.1, 0.2, 0.05]))
+    oracle = stats.ttest_1samp(auc, 0.0).confidence_interval(0.95)
+    assert (row.auc.low, row.auc.high) == pytest.approx((oracle.low, oracle.high))
+    assert row.auc.excludes_zero == (oracle.low > 0)
+    one = t_interval([0.3])
+    assert one.n == 1 and one.mean == 0.3 and math.isnan(one.low)
+    assert t_interval([math.nan]).n == 0
+    table = paired_markdown([row], settings)
+    assert "| LamPO | GRPO | 3 | **-1.0 [-1.0, -1.0]** (1) |" in table
+    assert paired_csv([row]).splitlines()[1].startswith("lampo,grpo,0 1 2,1,-1.0,")
+    band = difference_band(runs, "lampo", "grpo", "acc", smooth=1)
+    assert band is not None
+    np.testing.assert_allclose(band.mean, [0.2 / 3, 0.6 / 3, 0.4 / 3, 0.8 / 3])
+    assert (band.low <= band.mean).all() and (band.high >= band.mean).all()
+    np.testing.assert_allclose(difference_band(runs, "lampo", "grpo", "eval").mean, [0.0, 0.35 / 3])
+    assert difference_band(runs, "lampo", "dapo") is None
+
+
+def test_density_effect_pairs_each_rouge_arm_with_its_binary_twin() -> None:
+    runs = [result(m, 0, [a], [0.5]) for m, a in [("grpo", 0.2), ("grpo+rouge", 0.4), ("lampo", 0.3),
+                                                    ("lampo+rouge", 0.6)]]
+    settings = replace(preset("tiny"), methods=("grpo", "grpo+rouge", "lampo", "lampo+rouge"), seeds=(0,), steps=1)
+    versus = paired_differences(runs, settings)
+    assert [(r.method, r.reference) for r in versus] == [("lampo", "grpo"), ("lampo+rouge", "grpo+rouge")]
+    assert versus[1].auc.mean == pytest.approx(0.2)
+    density = paired_differences(runs, settings, against="binary")
+    assert [(r.method, r.reference) for r in density] == [("grpo+rouge", "grpo"), ("lampo+rouge", "lampo")]
+    assert [r.auc.mean for r in density] == pytest.approx([0.2, 0.3])
+    with pytest.raises(ValueError, match="against"):
+        paired_differences(runs, settings, against="dapo")
+
+
 def test_settings_reject_bad_values() -> None:
     with pytest.raises(ValueError, match="unknown ablation method 'ppo'"):
         AblationSettings(methods=("ppo",))
@@ -78,15 +167,30 @@ def test_settings_reject_bad_values() -> None:
 
 
 def test_small_ablation_runs_saves_resumes_and_plots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = replace(preset("tiny"), methods=("grpo", "lampo_density"), seeds=(0,), steps=2, eval_every=1,
-                       eval_problems=4, eval_k=2, workers=1, prompts_per_step=2, group_size=4, micro_batch_size=8)
-    results = run_ablation(settings, tmp_path)
-    assert [(r.method, r.seed) for r in results] == [("grpo", 0), ("lampo_density", 0)]
-    grpo, lampo = results
+    settings = replace(preset("tiny"), methods=("grpo", "dr_grpo", "lampo+rouge"), seeds=(0, 1), steps=2,
+                       eval_every=1, eval_problems=4, eval_k=2, workers=1, prompts_per_step=2, group_size=4,
+                       micro_batch_size=8)
+    order: list[str] = []
+    results = run_ablation(settings, tmp_path, on_result=lambda r: order.append(r.name))
+    assert order == ["grpo_seed0", "dr_grpo_seed0", "lampo+rouge_seed0", "grpo_seed1", "dr_grpo_seed1",
+                     "lampo+rouge_seed1"]  # seed by seed: a stopped ablation holds complete pairs
+    assert [(r.method, r.seed) for r in results] == [(m, s) for m in settings.methods for s in settings.seeds]
+    grpo, _, _, _, lampo, _ = results
+
+    # Paired seeds: step 1 samples from the same initial policy with the same prompts and sampling seed, so
+    # every method draws the same responses (the same lengths and entropy); another seed draws others.
+    def first(method: str, seed: int) -> tuple[float, float]:
+        row = next(r for r in results if (r.method, r.seed) == (method, seed)).steps[0]
+        return row["entropy"], row["response_len_mean"]
+
+    for seed in (0, 1):
+        assert first("grpo", seed) == first("dr_grpo", seed) == first("lampo+rouge", seed)
+    assert first("grpo", 0) != first("grpo", 1)
     assert [row["step"] for row in grpo.steps] == [1.0, 2.0]
     assert [e["step"] for e in grpo.evals] == [0.0, 1.0, 2.0]
     assert "kl_ref" in lampo.steps[-1] and "mean_pair_weight" in lampo.steps[-1] and "reward_density" in lampo.steps[0]
     assert "reward_density" not in grpo.steps[0]
+    assert (tmp_path / "runs" / "lampo+rouge_seed1.json").exists()
     assert (tmp_path / "runs" / "grpo_seed0.json").exists() and (tmp_path / "logs" / "grpo_seed0.log").exists()
 
     def never(*args: object) -> RunResult:
@@ -101,9 +205,13 @@ def test_small_ablation_runs_saves_resumes_and_plots(tmp_path: Path, monkeypatch
     with pytest.raises(ValueError, match=r"grpo_seed0\.json is not a saved ablation run"):
         run_ablation(settings, tmp_path)
 
-    from lampo_pl.ablation.plots import PANELS, plot_ablation
+    from lampo_pl.ablation.plots import PANELS, plot_ablation, plot_differences
 
     fig = plot_ablation(results, settings.methods, smooth=1, threshold=0.5)
     titled = [ax for ax in fig.axes if ax.get_title()]
     assert len(titled) == len(PANELS)
-    assert len(titled[0].lines) == 2  # one reward line per method
+    assert len(titled[0].lines) == 3  # one reward line per method
+    diff = plot_differences(results, settings.methods, "grpo", smooth=1)
+    panels = [ax for ax in diff.axes if ax.get_title()]
+    assert len(panels) == 2  # training accuracy, held-out; no GRPO + ROUGE-L ran, so no row for LamPO + ROUGE-L
+    assert [line.get_label() for line in panels[0].lines if not line.get_label().startswith("_")] == ["Dr. GRPO"]

@@ -61,6 +61,28 @@ def test_reshuffled_every_epoch_and_seeded() -> None:
     assert take(module(seed=8), 9) != stream
 
 
+def test_shuffle_seed_orders_the_same_problems_differently() -> None:
+    stream = take(module(), 6)
+    assert take(module(shuffle_seed=7), 6) == stream  # the default is seed
+    other = module(shuffle_seed=8)
+    assert [p.id for p in other.train_problems] == [p.id for p in module().train_problems]  # same problems
+    assert take(other, 6) != stream  # in another order
+    assert take(module(seed=3, shuffle_seed=8), 6) != take(other, 6)  # seed still draws the synthetic problems
+    dm = module(shuffle_seed=8)
+    assert dm.refill_batch() != module().refill_batch()  # DAPO's refill stream follows the order seed too
+
+
+def test_state_saved_before_shuffle_seed_loads_as_seed() -> None:
+    first = module()
+    take(first, 2)
+    state = {k: v for k, v in first.state_dict().items() if k != "shuffle_seed"}  # an older checkpoint
+    resumed = module()
+    resumed.load_state_dict(state)
+    assert take(resumed, 2) == take(module(), 4)[2:]
+    with pytest.raises(ValueError, match="would not see the same batches"):
+        module(shuffle_seed=9).load_state_dict(state)
+
+
 @pytest.mark.parametrize("consumed", [1, 3, 4])  # mid-epoch, at an epoch boundary, in the second epoch
 def test_resume_from_state_dict_continues_the_stream(consumed: int) -> None:
     reference = take(module(), 8)

@@ -104,6 +104,22 @@ def test_warmed_tiny_model_has_partial_competence() -> None:
     assert 0.3 < accuracy < 0.85, accuracy
 
 
+def test_tiny_sft_steps_in_the_name_build_their_own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tiny:qwen3-sft<N>`` stops the warm-up after N steps (the ``tiny-room`` ablation's weaker start)."""
+    from lampo_pl.policy import check_model_available, resolve_model_source
+
+    monkeypatch.setenv("LAMPO_CACHE", str(tmp_path))
+    short = Path(resolve_model_source("tiny:qwen3-sft3"))
+    assert short.name.startswith("tiny-qwen3-sft3-v")
+    other = Path(resolve_model_source("tiny:qwen3-sft4"))
+    assert load_file(short / "model.safetensors").keys() == load_file(other / "model.safetensors").keys()
+    assert any(not torch.equal(a, load_file(other / "model.safetensors")[k])
+               for k, a in load_file(short / "model.safetensors").items())  # one more step moved the weights
+    for bad in ("tiny:qwen3-sft0", "tiny:qwen3-sftx", "tiny:gpt2-sft10"):
+        with pytest.raises(ValueError, match="tiny:<arch>-sft<steps>"):
+            check_model_available(bad)
+
+
 # ---- lampo warmup: the cold start from YAML, then RL from its adapter (issue 14) ---------------------
 
 

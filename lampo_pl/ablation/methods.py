@@ -1,14 +1,26 @@
-"""The methods an ablation compares, as the ``model.method`` and ``model.rewards.density`` they set.
+"""The methods an ablation compares (its *arms*), as the ``model.method`` and density reward they set.
 
-Each preset is the ``method`` block of the matching ``configs/qwen3-1.7b*.yaml`` (a test keeps them
-equal), so a notebook result and a GPU run of a config mean the same algorithm. Everything else
-(model, data, optimiser, sampling, seeds) is shared by all methods of one ablation. The formulas are
-in docs/ablations.md and the shared docs/ALGORITHMS.md.
+Each base preset is the ``method`` block of the matching ``configs/qwen3-1.7b*.yaml`` (a test keeps
+them equal), so a notebook result and a GPU run of a config mean the same algorithm. Everything else
+(model, data, optimiser, sampling, seeds) is shared by all arms of one ablation. The formulas are in
+docs/ablations.md and the shared docs/ALGORITHMS.md.
+
+An arm is named by a spec: a base name, optionally ``+rouge`` (the ROUGE-L density reward on, with
+the ablation's ``density_weight``), optionally ``@field=value`` (a ``MethodArgs`` field changed):
+
+    grpo               GRPO, binary reward
+    grpo+rouge         GRPO with r = r_correct + α·ROUGE-L(o, solution)
+    lampo@tau=0.5      LamPO with τ = 0.5 (τ = 0: Dr. GRPO's advantage under LamPO's loss)
+    lampo+rouge@tau=2  both
+
+Specs are also the run files' names (``<spec>_seed<seed>.json``), so they use no path characters.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from lampo_pl.losses import R_LEN
 from lampo_pl.settings import MethodArgs
@@ -16,19 +28,21 @@ from lampo_pl.settings import MethodArgs
 
 @dataclass(frozen=True)
 class MethodPreset:
-    """One method of the ablation.
+    """One arm of the ablation.
 
     Attributes:
         label: Name in plots and tables.
         method: The algorithm (advantage estimator, clipping, KL, aggregation, DAPO switches).
         density: Uses the ROUGE-L semantic-density reward (weight ``AblationSettings.density_weight``).
-        config: The config file whose ``model.method`` block this preset equals.
+        config: The config file whose ``model.method`` block the base preset equals.
+        base: The base preset's name (``lampo`` for ``lampo+rouge@tau=2``).
     """
 
     label: str
     method: MethodArgs
     density: bool
     config: str
+    base: str = ""
 
 
 METHODS: dict[str, MethodPreset] = {
@@ -61,17 +75,51 @@ METHODS: dict[str, MethodPreset] = {
                    eps_low=0.2, eps_high=0.28, beta=0.0),
         density=False, config="configs/qwen3-1.7b.yaml",
     ),
-    "lampo_density": MethodPreset(
-        "LamPO + ROUGE-L",
-        MethodArgs(estimator="lampo", tau=1.0, confidence="mean", scale="none", aggregation="token_mean",
-                   eps_low=0.2, eps_high=0.28, beta=0.0),
-        density=True, config="configs/qwen3-1.7b.yaml",
-    ),
 }
 
 
-def method_preset(name: str) -> MethodPreset:
-    """The preset called ``name``; the error lists the known names."""
-    if name not in METHODS:
-        raise ValueError(f"unknown ablation method {name!r}; expected one of {', '.join(METHODS)}")
-    return METHODS[name]
+# Greek letters for the labels of the fields a sweep usually changes.
+_SYMBOL = {"tau": "τ", "beta": "β", "eps_high": "ε_high", "eps_low": "ε_low"}
+_SPEC = re.compile(r"^(?P<base>[a-z_]+)(?P<rouge>\+rouge)?(?P<changes>(@[a-z_]+=[^@/\\\s]+)*)$")
+
+
+def method_preset(spec: str) -> MethodPreset:
+    """The arm named ``spec`` (``lampo``, ``grpo+rouge``, ``lampo@tau=0.5``); the error says what is wrong."""
+    match = _SPEC.match(spec)
+    if match is None or match["base"] not in METHODS:
+        raise ValueError(f"unknown ablation method {spec!r}: expected <base>[+rouge][@field=value...] with <base> "
+                         f"one of {', '.join(METHODS)}")
+    preset = METHODS[match["base"]]
+    changes = dict(part.split("=", 1) for part in match["changes"].split("@")[1:])
+    method = replace(preset.method, **{name: _parse_field(spec, name, value) for name, value in changes.items()})
+    label = preset.label + (" + ROUGE-L" if match["rouge"] else "")
+    if changes:
+        label += " " + ", ".join(f"{_SYMBOL.get(k, k)}={v}" for k, v in changes.items())
+    return MethodPreset(label, method, density=bool(match["rouge"]), config=preset.config, base=match["base"])
+
+
+def _parse_field(spec: str, name: str, text: str) -> Any:
+    """``text`` as the type of ``MethodArgs.name`` (float, int, bool, str or None)."""
+    kinds = {f.name: str(f.type) for f in fields(MethodArgs)}
+    if name not in kinds:
+        raise ValueError(f"ablation method {spec!r}: MethodArgs has no field {name!r}")
+    kind = kinds[name]
+    if text in ("null", "none", "None") and "None" in kind:
+        return None
+    try:
+        if kind.startswith("bool"):
+            if text.lower() not in ("true", "false"):
+                raise ValueError(text)
+            return text.lower() == "true"
+        if kind.startswith("int"):
+            return int(text)
+        if kind.startswith("float"):
+            return float(text)
+    except ValueError:
+        raise ValueError(f"ablation method {spec!r}: {name}={text!r} is not a {kind}") from None
+    return text
+
+
+def reference_arm(spec: str, baseline: str) -> str:
+    """The arm ``spec`` is compared with: ``baseline`` under the same reward (``+rouge`` kept)."""
+    return baseline + ("+rouge" if method_preset(spec).density and not method_preset(baseline).density else "")

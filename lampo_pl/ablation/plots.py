@@ -1,4 +1,5 @@
-"""The ablation figure: one panel per metric against training steps, a line and a ±1 std band per method.
+"""The ablation figures: per-method curves (a line and a ±1 std band over seeds per metric), and paired
+differences to the baseline (a line and a 95 % t band over seeds; above 0: the arm is ahead).
 
 matplotlib is imported here only (``pip install lampo-pl[ablation]``); the rest of the package runs
 without it.
@@ -11,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from lampo_pl.ablation.methods import method_preset
+from lampo_pl.ablation.methods import method_preset, reference_arm
 from lampo_pl.ablation.run import RunResult
-from lampo_pl.ablation.summary import Curve, curve, eval_curve
+from lampo_pl.ablation.summary import Curve, curve, difference_band, eval_curve
 
 # (metric key in the step records, panel title); "eval" is the held-out avg@k from the evaluations.
 PANELS: tuple[tuple[str, str], ...] = (
@@ -62,4 +63,40 @@ def plot_ablation(
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def plot_differences(
+    results: Sequence[RunResult], methods: Sequence[str], baseline: str = "grpo", smooth: int = 10
+) -> Any:
+    """A ``Figure``: each arm minus ``baseline`` (same reward) per seed, training accuracy and held-out avg@k.
+
+    One panel per reward (binary, with ROUGE-L density) that has arms; bands are 95 % t intervals of
+    the mean paired difference over seeds, so a band clear of 0 is a difference the seeds support.
+    """
+    import matplotlib.pyplot as plt
+
+    groups = [[m for m in methods if method_preset(m).density == rouge and reference_arm(m, baseline) != m
+               and reference_arm(m, baseline) in methods] for rouge in (False, True)]
+    groups = [g for g in groups if g] or [[]]
+    fig, axes = plt.subplots(len(groups), 2, figsize=(13, 3.6 * len(groups)), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for row, arms in zip(axes, groups, strict=True):
+        for ax, metric, title in ((row[0], "acc", f"training accuracy, {smooth}-step mean"),
+                                  (row[1], "eval", "held-out avg@k")):
+            for arm in arms:
+                reference = reference_arm(arm, baseline)
+                band = difference_band(results, arm, reference, metric, smooth)
+                if band is None:
+                    continue
+                color = colors(list(methods).index(arm) % 10)
+                ax.plot(band.steps, band.mean, color=color, lw=1.5, label=method_preset(arm).label)
+                ax.fill_between(band.steps, band.low, band.high, color=color, alpha=0.15, lw=0)
+            ax.axhline(0, color="grey", lw=1)
+            ref = method_preset(reference_arm(arms[0], baseline)).label if arms else baseline
+            ax.set_title(f"{title}: arm − {ref}")
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
     return fig

@@ -73,8 +73,13 @@ class StepHistory(L.Callback):
         self.rows.append({"step": float(trainer.global_step), **record.metrics})
 
 
-def build_run(settings: AblationSettings, method: str) -> tuple[LamPOModule, ProblemDataModule]:
-    """The module and data module of one run (the same for every seed)."""
+def build_run(settings: AblationSettings, method: str, seed: int) -> tuple[LamPOModule, ProblemDataModule]:
+    """The module and data module of one run.
+
+    Paired seeds: ``seed`` orders the training prompts here, and (``seed_everything`` in ``run_one``)
+    initialises the LoRA adapter and seeds every sample, the same for every method; the training and
+    held-out problems themselves are one fixed draw for all seeds.
+    """
     preset = method_preset(method)
     s = settings
     module = LamPOModule(
@@ -91,7 +96,7 @@ def build_run(settings: AblationSettings, method: str) -> tuple[LamPOModule, Pro
         track_kl=s.track_kl,
     )
     data = ProblemDataModule(
-        train_set="synthetic", eval_sets=["synthetic"], prompts_per_step=s.prompts_per_step, seed=0,
+        train_set="synthetic", eval_sets=["synthetic"], prompts_per_step=s.prompts_per_step, seed=0, shuffle_seed=seed,
         synthetic_eval_size=s.eval_problems, synthetic_levels=s.levels,
     )
     return module, data
@@ -123,7 +128,7 @@ def run_one(settings: AblationSettings, method: str, seed: int, out_dir: str | P
     start = time.perf_counter()
     try:
         with _quiet(out / "logs" / f"{name}.log"):
-            module, data = build_run(settings, method)
+            module, data = build_run(settings, method, seed)
             history = StepHistory()
             evaluation = BenchmarkEvaluation(
                 k=settings.eval_k, temperature=settings.eval_temperature, top_p=1.0, every_n_steps=settings.eval_every,
@@ -185,14 +190,15 @@ def run_ablation(
 ) -> list[RunResult]:
     """Every method × seed, ``settings.workers`` at a time; runs already saved in ``out_dir`` are reused.
 
-    Returns the runs in ``settings.methods`` × ``settings.seeds`` order. ``on_result`` is called as
-    each run finishes (or is found finished), e.g. to print progress.
+    Runs go seed by seed (every method of seed 0, then of seed 1, ...), so an ablation stopped early
+    still holds complete pairs. Returns them in ``settings.methods`` × ``settings.seeds`` order.
+    ``on_result`` is called as each run finishes (or is found finished), e.g. to print progress.
     """
     out = Path(out_dir)
     todo: list[tuple[str, int]] = []
     results: dict[tuple[str, int], RunResult] = {}
-    for method in settings.methods:
-        for seed in settings.seeds:
+    for seed in settings.seeds:
+        for method in settings.methods:
             done = _finished(settings, out / "runs" / f"{run_name(method, seed)}.json")
             if done is None:
                 todo.append((method, seed))

@@ -1,11 +1,19 @@
-"""What one ablation shares across its methods and seeds, and the two embedded presets.
+"""What one ablation shares across its arms and seeds, and the embedded presets.
 
-``tiny`` (the default) runs the full comparison on a 2-core CPU in well under an hour: the tiny Qwen3
-after a brief supervised warm-up (``tiny:qwen3-sft``, lampo_pl/tiny_sft.py) on one-digit sums, where
-it starts near 55% held-out accuracy. ``smollm2`` is the packaged SmolLM2-135M-Instruct on one- and
-two-digit problems with a worked example in the prompt (the ``make demo`` setting): ~40 s per step
-here, so hours on a CPU, minutes on a GPU. For a real model, replace fields (``dataclasses.replace``
-or the notebook's settings cell): e.g. ``model="Qwen/Qwen3-1.7B", quantization="4bit"``.
+- ``tiny`` (the default, the quick check): the tiny Qwen3 after 150 steps of supervised warm-up
+  (``tiny:qwen3-sft``, lampo_pl/tiny_sft.py) on one-digit sums, where it starts near 55 % held-out
+  accuracy; the five methods and LamPO + ROUGE-L, 5 paired seeds, ~0.4 s per step on one CPU core.
+- ``tiny-room`` (room to learn): the same model stopped after 100 warm-up steps (``tiny:qwen3-sft100``),
+  which starts near 25-30 % and gains about 0.1 in 80 steps; the five methods with binary rewards,
+  LamPO's τ sweep {0, 0.5, 1, 2, 4}, and the five methods with the ROUGE-L density reward (14 arms).
+  A level mix was measured first and rejected: warmed up 400 steps on one- and two-digit sums the
+  tiny model starts at 0.48 and GRPO gained nothing in 60 steps (two-digit sums are beyond it).
+- ``smollm2``: the packaged SmolLM2-135M-Instruct on one- and two-digit problems with a worked example
+  in the prompt (the ``make demo`` setting), sampled with vLLM: GRPO, Dr. GRPO, LamPO ± ROUGE-L, 3
+  seeds of 10 steps, ~50 s per step on one CPU core, minutes on a GPU.
+
+For a real model, replace fields (``dataclasses.replace`` or the notebook's settings cell): e.g.
+``model="Qwen/Qwen3-1.7B", quantization="4bit"``.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from lampo_pl.ablation.methods import METHODS, method_preset
+from lampo_pl.ablation.methods import method_preset
 
 
 @dataclass(frozen=True)
@@ -24,15 +32,17 @@ class AblationSettings:
         model: Model name as ``model.model`` takes it (``tiny:qwen3-sft``, ``packaged:...``, a Hub id).
         quantization: none | 4bit | 8bit (``model.lora.quantization``).
         dtype: Weights / compute dtype (``model.lora.dtype``).
-        methods: Names in ``lampo_pl.ablation.methods.METHODS``, in plotting order.
-        seeds: One run per method per seed (seeds the LoRA initialisation and all sampling).
+        methods: Arms, in plotting order: ``<base>[+rouge][@field=value]`` (``lampo_pl.ablation.methods``).
+        baseline: The arm every other is compared with, seed by seed (``+rouge`` arms with ``baseline+rouge``).
+        seeds: Paired seeds: one run per method per seed; a seed fixes the training-prompt order, the LoRA
+            initialisation and every sample, the same for all methods.
         steps: Training steps per run (rollout batches; μ = 1 in every preset).
         prompts_per_step: B.
         group_size: G.
         max_new_tokens: Response budget (training and evaluation).
         temperature: Rollout sampling temperature.
-        engine: Sampler of rollouts and evaluations: native | generate (``SamplingParams.engine``; the
-            same distribution, other random draws, so runs of one engine do not resume the other's).
+        engine: Sampler of rollouts and evaluations: native | generate | vllm (``SamplingParams.engine``;
+            the same distribution, other random draws, so runs of one engine do not resume another's).
         lr: Peak learning rate of the policy adapter (constant after ``warmup_steps``).
         warmup_steps: Linear learning-rate warm-up steps.
         lora_r: LoRA rank. lora_alpha: LoRA alpha.
@@ -54,14 +64,15 @@ class AblationSettings:
     model: str = "tiny:qwen3-sft"
     quantization: str = "none"
     dtype: str = "float32"
-    methods: tuple[str, ...] = tuple(METHODS)
+    methods: tuple[str, ...] = ("grpo", "dr_grpo", "dapo", "lambda_grpo", "lampo", "lampo+rouge")
+    baseline: str = "grpo"
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     steps: int = 80
     prompts_per_step: int = 4
     group_size: int = 8
     max_new_tokens: int = 32
     temperature: float = 1.0
-    engine: Literal["native", "generate"] = "native"
+    engine: Literal["native", "generate", "vllm"] = "native"
     lr: float = 2.5e-3
     warmup_steps: int = 0
     lora_r: int = 8
@@ -81,7 +92,7 @@ class AblationSettings:
     threads_per_run: int = 1
 
     def __post_init__(self) -> None:
-        for name in self.methods:
+        for name in (*self.methods, self.baseline):
             method_preset(name)
         positive = ("steps", "prompts_per_step", "group_size", "max_new_tokens", "micro_batch_size", "eval_problems",
                     "eval_k", "smooth", "workers", "threads_per_run", "lora_r")
@@ -94,7 +105,7 @@ class AblationSettings:
 
     def run_identity(self) -> dict[str, Any]:
         """The fields a run's numbers depend on (not how many run in parallel): resumed runs must match them."""
-        skip = {"methods", "seeds", "workers", "threshold", "smooth"}
+        skip = {"methods", "baseline", "seeds", "workers", "threshold", "smooth"}
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in skip}
 
 
@@ -102,13 +113,23 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+ROOM_ARMS = (
+    "grpo", "dr_grpo", "dapo", "lambda_grpo", "lampo",  # binary rewards
+    "lampo@tau=0", "lampo@tau=0.5", "lampo@tau=2", "lampo@tau=4",  # τ sweep (τ = 1 is "lampo")
+    "grpo+rouge", "dr_grpo+rouge", "dapo+rouge", "lambda_grpo+rouge", "lampo+rouge",  # graded rewards
+)
+
 PRESETS: dict[str, AblationSettings] = {
     "tiny": AblationSettings(),
+    "tiny-room": AblationSettings(
+        model="tiny:qwen3-sft100", methods=ROOM_ARMS, seeds=(0, 1, 2, 3, 4, 5), eval_every=40, threshold=0.3,
+        workers=1,
+    ),
     "smollm2": AblationSettings(
-        model="packaged:smollm2-135m-instruct", seeds=(0, 1, 2), steps=30, prompts_per_step=2, group_size=8,
-        max_new_tokens=64, temperature=0.7, lr=2e-4, warmup_steps=1, lora_r=16, lora_alpha=32, micro_batch_size=4,
-        levels=(1, 2), one_shot=True, eval_every=10, eval_problems=32, eval_k=1, eval_temperature=0.6,
-        threshold=0.5, smooth=5, workers=1, threads_per_run=2,
+        model="packaged:smollm2-135m-instruct", methods=("grpo", "dr_grpo", "lampo", "lampo+rouge"), seeds=(0, 1, 2),
+        steps=10, prompts_per_step=2, group_size=8, max_new_tokens=64, temperature=0.7, engine="vllm", lr=2e-4,
+        warmup_steps=1, lora_r=16, lora_alpha=32, micro_batch_size=4, levels=(1, 2), one_shot=True, eval_every=5,
+        eval_problems=32, eval_k=2, eval_temperature=0.6, threshold=0.5, smooth=3, workers=1, threads_per_run=1,
     ),
 }
 

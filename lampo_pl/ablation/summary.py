@@ -1,8 +1,18 @@
-"""From runs to curves (mean ± std over seeds) and the ablation table (Markdown and CSV).
+"""From runs to curves (mean ± std over seeds), the ablation table, and paired differences with intervals.
 
-Steps to threshold: the first step at which a run's training accuracy, averaged over the trailing
-``smooth`` steps (B·G samples each), reaches ``threshold``. Runs that never reach it are counted
-as not reaching it, not averaged in. Final accuracy: held-out avg@k of the last evaluation.
+Three outcome metrics per run:
+- steps to threshold: the first step at which training accuracy, averaged over the trailing
+  ``smooth`` steps (B·G samples each), reaches ``threshold``. In the per-method table, runs that
+  never reach it are counted, not averaged in; in paired differences they count as ``steps + 1``
+  (censored: a difference involving one is a bound, and the table says how many there were).
+- AUC: the area under the training-accuracy curve divided by the number of steps, i.e. the mean
+  training accuracy over the run. It rewards learning early and learning much, and needs no threshold.
+- final held-out accuracy: avg@k of the last evaluation.
+
+Paired differences: seed s of method A and seed s of its reference ran on the same prompt order, LoRA
+initialisation and sampling seed, so A − reference is taken per seed and its mean gets a 95 %
+Student-t interval over seeds (the seeds' differences are independent draws; t, not a bootstrap,
+because with 3-10 seeds a percentile bootstrap is too narrow).
 """
 
 from __future__ import annotations
@@ -16,9 +26,19 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from lampo_pl.ablation.methods import method_preset
+from lampo_pl.ablation.methods import method_preset, reference_arm
 from lampo_pl.ablation.run import RunResult
 from lampo_pl.ablation.settings import AblationSettings
+
+
+def train_auc(result: RunResult) -> float:
+    """Mean per-step training accuracy over the run (the accuracy curve's area per step)."""
+    return _nanmean(series(result, "acc")[1])
+
+
+def final_heldout(result: RunResult) -> float:
+    """Held-out avg@k of the run's last evaluation."""
+    return float(result.evals[-1]["avg_at_k"])
 
 
 def series(result: RunResult, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -68,6 +88,47 @@ def eval_curve(results: Sequence[RunResult], key: str = "avg_at_k") -> Curve:
     return Curve(steps, stacked.mean(axis=0), stacked.std(axis=0), np.full(length, len(results)))
 
 
+@dataclass(frozen=True)
+class Band:
+    """A paired difference against steps: mean over seeds and its 95 % t band. [S] each"""
+
+    steps: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
+def difference_band(
+    results: Sequence[RunResult], arm: str, reference: str, metric: str = "acc", smooth: int = 1
+) -> Band | None:
+    """``arm`` minus ``reference`` per seed, for a per-step metric (smoothed) or ``"eval"`` (held-out avg@k).
+
+    ``None`` when no seed ran both."""
+    from scipy import stats
+
+    by_key = {(r.method, r.seed): r for r in results}
+    seeds = sorted(s for m, s in by_key if m == arm and (reference, s) in by_key)
+    if not seeds:
+        return None
+    if metric == "eval":
+        length = min(min(len(by_key[m, s].evals) for s in seeds) for m in (arm, reference))
+        steps = np.array([e["step"] for e in by_key[arm, seeds[0]].evals[:length]], dtype=float)
+        diffs = np.array([[a["avg_at_k"] - b["avg_at_k"] for a, b in
+                           zip(by_key[arm, s].evals[:length], by_key[reference, s].evals[:length], strict=True)]
+                          for s in seeds])  # [P, E]
+    else:
+        length = min(min(len(by_key[m, s].steps) for s in seeds) for m in (arm, reference))
+        steps = series(by_key[arm, seeds[0]], metric)[0][:length]
+        diffs = np.stack([trailing_mean(series(by_key[arm, s], metric)[1][:length], smooth)
+                          - trailing_mean(series(by_key[reference, s], metric)[1][:length], smooth)
+                          for s in seeds])  # [P, S]
+    mean = diffs.mean(axis=0)
+    if len(seeds) < 2:
+        return Band(steps, mean, mean.copy(), mean.copy())
+    half = stats.t.ppf(0.975, len(seeds) - 1) * diffs.std(axis=0, ddof=1) / math.sqrt(len(seeds))
+    return Band(steps, mean, mean - half, mean + half)
+
+
 def _nanmean(values: np.ndarray) -> float:
     """Mean of the finite values; NaN (without numpy's all-NaN warning) when there are none."""
     finite = values[np.isfinite(values)]
@@ -96,6 +157,8 @@ class SummaryRow:
     final_accuracy_std: float
     final_pass_at_k_mean: float
     final_train_accuracy_mean: float
+    train_auc_mean: float
+    train_auc_std: float
     final_kl_mean: float
     seconds_per_step: float
 
@@ -108,7 +171,8 @@ def summarise(results: Sequence[RunResult], settings: AblationSettings) -> list[
         if not runs:
             continue
         hits = [s for r in runs if (s := steps_to_threshold(r, settings.threshold, settings.smooth)) is not None]
-        final = np.array([r.evals[-1]["avg_at_k"] for r in runs])
+        final = np.array([final_heldout(r) for r in runs])
+        aucs = np.array([train_auc(r) for r in runs])
         last = settings.smooth
         rows.append(SummaryRow(
             method=method,
@@ -122,6 +186,8 @@ def summarise(results: Sequence[RunResult], settings: AblationSettings) -> list[
             final_accuracy_std=float(final.std()),
             final_pass_at_k_mean=float(np.mean([r.evals[-1]["pass_at_k"] for r in runs])),
             final_train_accuracy_mean=_nanmean(np.array([_nanmean(series(r, "acc")[1][-last:]) for r in runs])),
+            train_auc_mean=float(np.mean(aucs)),
+            train_auc_std=float(np.std(aucs)),
             final_kl_mean=_nanmean(np.array([_nanmean(series(r, "kl_ref")[1][-last:]) for r in runs])),
             seconds_per_step=float(np.mean([r.seconds / max(1, len(r.steps)) for r in runs])),
         ))
@@ -133,17 +199,18 @@ def _pm(mean: float, std: float, digits: int) -> str:
 
 
 def to_markdown(rows: Sequence[SummaryRow], settings: AblationSettings) -> str:
-    """The table as GitHub Markdown (mean ± std over seeds)."""
+    """The per-method table as GitHub Markdown (mean ± std over seeds)."""
     k = settings.eval_k
     head = (f"| method | steps to train acc ≥ {settings.threshold:g} (reached) | held-out avg@{k} start → final "
-            f"| final pass@{k} | train acc, last {settings.smooth} steps | KL to ref, last {settings.smooth} steps "
-            "| s/step |")
-    lines = [head, "|" + "---|" * 7]
+            f"| final pass@{k} | train-acc AUC | train acc, last {settings.smooth} steps "
+            f"| KL to ref, last {settings.smooth} steps | s/step |")
+    lines = [head, "|" + "---|" * 8]
     for r in rows:
         lines.append(
             f"| {r.label} | {_pm(r.steps_to_threshold_mean, r.steps_to_threshold_std, 1)} ({r.reached}/{r.seeds}) "
             f"| {r.start_accuracy_mean:.3f} → {_pm(r.final_accuracy_mean, r.final_accuracy_std, 3)} "
-            f"| {r.final_pass_at_k_mean:.3f} | {r.final_train_accuracy_mean:.3f} | {r.final_kl_mean:.4f} "
+            f"| {r.final_pass_at_k_mean:.3f} | {_pm(r.train_auc_mean, r.train_auc_std, 3)} "
+            f"| {r.final_train_accuracy_mean:.3f} | {r.final_kl_mean:.4f} "
             f"| {r.seconds_per_step:.2f} |"
         )
     return "\n".join(lines) + "\n"
@@ -157,4 +224,136 @@ def to_csv(rows: Sequence[SummaryRow]) -> str:
     writer.writeheader()
     for row in rows:
         writer.writerow(asdict(row))
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean of ``n`` paired differences and its two-sided t interval (NaN bounds when n < 2)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def excludes_zero(self) -> bool:
+        return bool(self.low > 0 or self.high < 0)
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> Interval:
+    """Student-t interval of the mean of ``values`` (sample std, n − 1 degrees of freedom)."""
+    from scipy import stats  # the ablation extra: the rest of the package runs without scipy
+
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    mean = float(x.mean())
+    if x.size < 2:
+        return Interval(mean, math.nan, math.nan, 1)
+    half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return Interval(mean, mean - half, mean + half, int(x.size))
+
+
+@dataclass(frozen=True)
+class PairedRow:
+    """One arm against its reference, per seed, over the seeds both ran.
+
+    Attributes:
+        method, label: The arm (spec, display name).
+        reference, reference_label: What it is compared with (``grpo``, or ``grpo+rouge`` for an arm
+            with the density reward; or the same method without it, for the density effect).
+        seeds: Seeds both ran.
+        steps: Difference in steps to threshold (negative: the arm gets there sooner).
+        censored: Pairs in which at least one run never reached the threshold (counted as steps + 1).
+        auc: Difference in mean training accuracy over the run.
+        final: Difference in final held-out avg@k.
+    """
+
+    method: str
+    label: str
+    reference: str
+    reference_label: str
+    seeds: tuple[int, ...]
+    steps: Interval
+    censored: int
+    auc: Interval
+    final: Interval
+
+
+def paired_differences(
+    results: Sequence[RunResult], settings: AblationSettings, against: str = "baseline"
+) -> list[PairedRow]:
+    """Every arm of ``settings.methods`` minus its reference, seed by seed, with 95 % t intervals.
+
+    ``against="baseline"``: the reference is ``settings.baseline`` under the same reward (``+rouge``
+    kept). ``against="binary"``: each ``+rouge`` arm against the same method without the density reward.
+    Arms whose reference did not run (or is the arm itself) get no row.
+    """
+    if against not in ("baseline", "binary"):
+        raise ValueError(f"against must be 'baseline' or 'binary', got {against!r}")
+    by_key = {(r.method, r.seed): r for r in results}
+    rows = []
+    for arm in settings.methods:
+        if against == "baseline":
+            reference = reference_arm(arm, settings.baseline)
+        elif method_preset(arm).density:
+            reference = arm.replace("+rouge", "")
+        else:
+            continue
+        if reference == arm or reference not in settings.methods:
+            continue
+        seeds = tuple(s for s in settings.seeds if (arm, s) in by_key and (reference, s) in by_key)
+        if not seeds:
+            continue
+        pairs = [(by_key[arm, s], by_key[reference, s]) for s in seeds]
+        reach = [[steps_to_threshold(r, settings.threshold, settings.smooth) for r in pair] for pair in pairs]
+        never = settings.steps + 1
+        rows.append(PairedRow(
+            method=arm, label=method_preset(arm).label, reference=reference,
+            reference_label=method_preset(reference).label, seeds=seeds,
+            steps=t_interval([(a if a is not None else never) - (b if b is not None else never) for a, b in reach]),
+            censored=sum(a is None or b is None for a, b in reach),
+            auc=t_interval([train_auc(a) - train_auc(b) for a, b in pairs]),
+            final=t_interval([final_heldout(a) - final_heldout(b) for a, b in pairs]),
+        ))
+    return rows
+
+
+def format_interval(iv: Interval, digits: int, signed: bool = True) -> str:
+    """``+0.031 [-0.004, +0.066]``, in bold when the interval excludes 0; ``—`` when there is nothing."""
+    if iv.n == 0:
+        return "—"
+    sign = "+" if signed else ""
+    text = f"{iv.mean:{sign}.{digits}f}"
+    if iv.n >= 2:
+        text += f" [{iv.low:{sign}.{digits}f}, {iv.high:{sign}.{digits}f}]"
+    return f"**{text}**" if iv.n >= 2 and iv.excludes_zero else text
+
+
+def paired_markdown(rows: Sequence[PairedRow], settings: AblationSettings) -> str:
+    """The paired-difference table: mean difference over seeds [95 % t interval]; bold excludes 0."""
+    k = settings.eval_k
+    lines = [
+        f"| method | minus | seeds | Δ steps to train acc ≥ {settings.threshold:g} (censored) | Δ train-acc AUC "
+        f"| Δ final held-out avg@{k} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r.label} | {r.reference_label} | {len(r.seeds)} | {format_interval(r.steps, 1)} "
+                     f"({r.censored}) | {format_interval(r.auc, 3)} | {format_interval(r.final, 3)} |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_csv(rows: Sequence[PairedRow]) -> str:
+    """The paired differences as CSV: mean, low, high and n per metric."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    metrics = ("steps", "auc", "final")
+    writer.writerow(["method", "reference", "seeds", "censored"]
+                    + [f"{m}_{part}" for m in metrics for part in ("mean", "low", "high", "n")])
+    for r in rows:
+        values = [getattr(getattr(r, m), part) for m in metrics for part in ("mean", "low", "high", "n")]
+        writer.writerow([r.method, r.reference, " ".join(map(str, r.seeds)), r.censored, *values])
     return buffer.getvalue()

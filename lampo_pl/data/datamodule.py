@@ -148,6 +148,7 @@ class ProblemDataModule(L.LightningDataModule):
         prompts_per_step: int = 8,
         eval_batch_size: int | None = None,
         seed: int = 0,
+        shuffle_seed: int | None = None,
         num_workers: int = 0,
         on_bad_row: OnBadRow = "error",
         synthetic_size: int = 2000,
@@ -178,6 +179,9 @@ class ProblemDataModule(L.LightningDataModule):
             prompts_per_step: Prompts per training step (B); the rollout samples G responses each.
             eval_batch_size: Problems per validation batch; ``None`` uses ``prompts_per_step``.
             seed: Seeds the per-epoch shuffles, GPQA's choice shuffles and the synthetic problems.
+            shuffle_seed: Seeds only the order of the training prompts (per-epoch shuffles and DAPO's
+                refill stream); ``None`` uses ``seed``. Paired ablation seeds set it, so that each seed
+                sees its own prompt order over the same training and held-out problems.
             num_workers: DataLoader worker processes; the problems are already in memory, so 0
                 (load in the main process) is usually right.
             on_bad_row: ``"error"`` stops at the first malformed row (naming source, row and
@@ -205,6 +209,7 @@ class ProblemDataModule(L.LightningDataModule):
         self.train_columns, self.eval_columns = train_columns, dict(eval_columns or {})
         self.prompts_per_step, self.eval_batch_size = prompts_per_step, eval_batch_size or prompts_per_step
         self.seed, self.num_workers, self.on_bad_row = seed, num_workers, on_bad_row
+        self.shuffle_seed = seed if shuffle_seed is None else shuffle_seed
         self.synthetic_size, self.synthetic_eval_size = synthetic_size, synthetic_eval_size
         self.synthetic_levels = tuple(synthetic_levels)
         self.train_problems: list[Problem] = []
@@ -260,7 +265,7 @@ class ProblemDataModule(L.LightningDataModule):
         """Batches (``ProblemBatch``, a ``list[Problem]``) from the current position to the epoch's end."""
         self.setup("fit")
         rank, world = self._rank_and_world()
-        sampler = EpochBatchSampler(len(self.train_problems), self.prompts_per_step, self.seed, self.position,
+        sampler = EpochBatchSampler(len(self.train_problems), self.prompts_per_step, self.shuffle_seed, self.position,
                                     rank=rank, world_size=world)
         return _TrainLoader(self, sampler, self.num_workers)
 
@@ -301,14 +306,14 @@ class ProblemDataModule(L.LightningDataModule):
         """B further training problems for this rank, for a refill round of DAPO dynamic sampling.
 
         Refill batch j is batch ``j % batches_per_epoch`` of the permutation seeded by
-        ``refill:{seed}:{j // batches_per_epoch}``, sliced per rank like the main stream. Every rank
+        ``refill:{shuffle_seed}:{j // batches_per_epoch}``, sliced per rank like the main stream. Every rank
         must take the same number of refill batches per step (the module agrees on it over ranks),
         so that one saved position (rank 0's) is every rank's.
         """
         self.setup("fit")
         rank, world = self._rank_and_world()
         cycle, index = divmod(self._refills, self.batches_per_epoch)
-        order = random.Random(f"refill:{self.seed}:{cycle}").sample(range(len(self.train_problems)),
+        order = random.Random(f"refill:{self.shuffle_seed}:{cycle}").sample(range(len(self.train_problems)),
                                                                     len(self.train_problems))
         offset = (index * world + rank) * self.prompts_per_step
         self._refills += 1
@@ -317,6 +322,7 @@ class ProblemDataModule(L.LightningDataModule):
     def _fingerprint(self) -> dict[str, int]:
         return {
             "seed": self.seed,
+            "shuffle_seed": self.shuffle_seed,
             "num_problems": len(self.train_problems),
             "prompts_per_step": self.prompts_per_step,
             "world_size": self._rank_and_world()[1],
@@ -330,6 +336,7 @@ class ProblemDataModule(L.LightningDataModule):
         """Resume the stream at a saved position (checked against this run's data once it is loaded)."""
         self._epoch, self._index = int(state_dict["epoch"]), int(state_dict["index"])
         self._refills = int(state_dict.get("refills", 0))  # absent in checkpoints from before refill
+        state_dict = {"shuffle_seed": state_dict["seed"], **state_dict}  # absent before shuffle_seed: it was seed
         self._expected = {key: int(state_dict[key]) for key in self._fingerprint()}
         self._check_state()
 
