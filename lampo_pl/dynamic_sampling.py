@@ -39,12 +39,17 @@ class SamplingRounds:
         groups_kept: Informative groups in the batch (all B when dynamic sampling is off).
         rounds: Generation rounds, the first included.
         tokens_sampled: Response tokens generated, over every round.
+        first_round_accuracy: Fraction correct of the first round's B·G responses: the on-policy accuracy
+            on the step's own prompts, before any group is dropped. The trained batch's accuracy is biased
+            under dynamic sampling (all-wrong and all-right groups are gone), so this is the one that
+            compares across methods (the ablation's training accuracy).
     """
 
     groups_sampled: int
     groups_kept: int
     rounds: int
     tokens_sampled: int
+    first_round_accuracy: float
 
 class Round(NamedTuple):
     """One generation round of B prompts.
@@ -134,5 +139,6 @@ def assemble(rounds: list[Round], num_groups: int, group_size: int) -> Sample:
         scored=scored,
         keep=torch.tensor(keep, device=device).repeat_interleave(group_size),  # [N]
         stats=SamplingRounds(groups_sampled=len(rounds) * num_groups, groups_kept=sum(keep), rounds=len(rounds),
-                             tokens_sampled=sum(int(r.rollout.response_lengths.sum()) for r in rounds)),
+                             tokens_sampled=sum(int(r.rollout.response_lengths.sum()) for r in rounds),
+                             first_round_accuracy=sum(sc[0].correct) / len(sc[0].correct)),
     )

@@ -112,7 +112,8 @@ def step_metrics(
     metrics: dict[str, float] = {
         "reward": float(rewards.mean()),
         "reward_std": float(rewards.std(unbiased=False)),
-        "acc": float(torch.tensor(scored.correct).mean()),
+        "acc": rounds.first_round_accuracy,  # on-policy, on the step's own prompts: comparable across methods
+        "acc_trained": float(torch.tensor(scored.correct).mean()),  # differs under dynamic sampling only
         "response_len_mean": float(lengths.mean()),
         "response_len_max": float(lengths.max()),
         "truncated_frac": float(rollout.truncated.float().mean()),
@@ -124,7 +125,7 @@ def step_metrics(
     }
     metrics |= {f"reward_{k}": float(torch.tensor(v).nanmean()) for k, v in scored.components.items()}  # NaN: None
     metrics |= {f"reward_diag/{k}": float(v) for k, v in scored.diagnostics.items()}
-    metrics |= {f"dynamic_sampling/{k}": float(v) for k, v in asdict(rounds).items()}
+    metrics |= {f"dynamic_sampling/{k}": float(v) for k, v in asdict(rounds).items() if k != "first_round_accuracy"}
     advantages = advantage_stats(rewards, adv.advantages, group_size, adv.pair_weights)
     metrics |= AlgoMetrics.of_step(result.loss, result.loss_stats, advantages, lam).as_dict()
     metrics |= {f"time/{k}_s": v for k, v in phases.seconds.items()}

@@ -232,6 +232,10 @@ def test_dynamic_sampling_refills_to_b_informative_groups() -> None:
     assert float(m["train/dynamic_sampling/groups_sampled"]) == 6
     assert module.last_step.rewards == MIXED + MIXED  # the two informative groups, in round order
     assert module.calls == 3
+    # Training accuracy is the first round's, on the step's own prompts (6 of 8 right), not the kept groups'
+    # (4 of 8): the latter is biased by the selection and would flatter DAPO against other methods.
+    assert module.last_step.metrics["acc"] == pytest.approx(0.75)
+    assert module.last_step.metrics["acc_trained"] == pytest.approx(0.5)
 
 
 def test_dynamic_sampling_bound_trains_on_kept_groups_with_dropped_ones_out_of_every_normaliser(
