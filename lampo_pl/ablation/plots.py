@@ -97,6 +97,7 @@ def plot_differences(
             ax.set_title(f"{title}: arm − {ref}")
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="best")
+            if arms:
+                ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
