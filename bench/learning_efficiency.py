@@ -29,7 +29,7 @@ import torch
 
 from lampo_pl.ablation import PRESETS, load_results, method_preset, preset, run_ablation, summarise, to_csv, to_markdown
 from lampo_pl.ablation.settings import AblationSettings
-from lampo_pl.ablation.summary import paired_csv, paired_differences, paired_markdown
+from lampo_pl.ablation.summary import grader_failures, paired_csv, paired_differences, paired_markdown
 
 OVERRIDABLE = ("model", "steps", "prompts_per_step", "group_size", "max_new_tokens", "temperature", "lr",
                "lora_r", "density_weight", "eval_every", "eval_problems", "eval_k", "threshold", "smooth",
@@ -121,6 +121,9 @@ def report(settings: AblationSettings, results: list, out: Path, name: str, wall
     if density:
         table += f"\nThe density reward's effect (same method with and without ROUGE-L):\n\n" \
                  f"{paired_markdown(density, settings)}"
+    if failed := grader_failures(results):
+        table += (f"\nGrader failures (samples scored 0 because math-verify timed out or failed; re-run these runs): "
+                  f"{failed}\n")
     (out / "table.md").write_text(table)
     (out / "table.csv").write_text(to_csv(rows))
     (out / "paired.csv").write_text(paired_csv([*versus, *density]))

@@ -120,17 +120,21 @@ class Graded:
         correct: [P][k] 1.0 where the sample's final answer is right.
         truncated: [P][k] True where the sample hit ``max_new_tokens`` without an end of sequence.
         majority: [P] 1.0 where the majority answer (``majority_vote``) is right.
+        grader_failures: Samples the grader could not judge (math-verify timed out or failed) and
+            scored 0: not the model's doing, so a score with any is reported with their count.
     """
 
     correct: list[list[float]] = field(default_factory=list)
     truncated: list[list[bool]] = field(default_factory=list)
     majority: list[float] = field(default_factory=list)
+    grader_failures: int = 0
 
     def extend(self, other: Graded) -> None:
         """Append another batch's problems."""
         self.correct += other.correct
         self.truncated += other.truncated
         self.majority += other.majority
+        self.grader_failures += other.grader_failures
 
 
 def grade(problems: Sequence[Problem], completions: Sequence[Sequence[Completion]], *,
@@ -152,6 +156,7 @@ def grade(problems: Sequence[Problem], completions: Sequence[Sequence[Completion
         else:
             grades = grade_math(texts, [problem.answer] * len(texts), timeout_s=timeout_s)
             scores, same = grades.scores, equivalent
+            out.grader_failures += sum(status in ("timeout", "error") for status in grades.status)
             # Only answers math-verify could read vote (no answer, echoes, parse failures do not).
             answers = [v if s in ("correct", "wrong") else None for v, s in zip(grades.extracted, grades.status,
                                                                                  strict=True)]
@@ -197,6 +202,8 @@ class EvalResult:
         truncated: Fraction of samples cut at ``max_new_tokens``.
         breakdown: ``{"subject=Algebra": Bucket, "level=3": Bucket, ...}`` where problems carry such metadata.
         per_problem: Correct samples per problem id.
+        grader_failures: Samples scored 0 because the grader timed out or failed (``Graded``); 0 is the
+            norm, anything else means the score is a lower bound (a slow machine, a pathological answer).
     """
 
     name: str
@@ -209,6 +216,7 @@ class EvalResult:
     truncated: float = float("nan")
     breakdown: dict[str, Bucket] = field(default_factory=dict)
     per_problem: dict[str, int] = field(default_factory=dict)
+    grader_failures: int = 0
 
     @property
     def pass_at_k(self) -> float:
@@ -249,6 +257,7 @@ def summarise(name: str, problems: Sequence[Problem], graded: Graded, k: int) ->
         truncated=_mean([float(t) for row in graded.truncated for t in row]),
         breakdown=breakdown,
         per_problem={p.id: h for p, h in zip(problems, hits, strict=True)},
+        grader_failures=graded.grader_failures,
     )
 
 
@@ -294,6 +303,7 @@ def result_metrics(results: list[EvalResult], prefix: str = "eval") -> dict[str,
         metrics |= {f"{prefix}/{r.name}/pass@{j}": v for j, v in r.pass_at.items()}
         metrics[f"{prefix}/{r.name}/maj@{r.k}"] = r.maj_at_k
         metrics[f"{prefix}/{r.name}/truncated"] = r.truncated
+        metrics[f"{prefix}/{r.name}/grader_failures"] = float(r.grader_failures)
         metrics |= {f"{prefix}/{r.name}/{b}/avg@{r.k}": bucket.avg_at_k for b, bucket in r.breakdown.items()}
     return metrics
 
@@ -309,4 +319,6 @@ def format_table(results: Sequence[EvalResult]) -> str:
             lines.append(
                 f"{label:<24} {b.num_problems:>8} {b.num_problems * r.k:>8} {b.avg_at_k:>7.3f} {b.pass_at_k:>7.3f}"
             )
+    if failures := {r.name: r.grader_failures for r in results if r.grader_failures}:
+        lines.append(f"grader failures (scored 0, not the model's doing): {failures}")
     return "\n".join(lines)

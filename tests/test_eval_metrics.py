@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,27 @@ def test_truncated_fraction_is_reported() -> None:
     r = run(problems, scripted(problems, texts, cut), 2)
     assert r.truncated == pytest.approx(3 / 4)
     assert r.avg_at_k == pytest.approx(2 / 4)  # a response cut inside <think> has no answer: 0
+
+
+def test_grader_failures_are_counted_and_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sample the grader could not judge scores 0 (as in training), but the result says how many there were:
+    a slow machine's cold worker must not pass silently for a worse policy."""
+    import lampo_pl.evaluation as evaluation_mod
+    from lampo_pl.rewards.math_grading import MathGrades
+
+    problems = math500()[:2]
+    texts = {q.id: [boxed(q.answer), boxed(q.answer)] for q in problems}
+    failing = iter([["timeout", "correct"], ["error", "correct"]])
+
+    def grade_math(texts: list[str], answers: list[str], timeout_s: float) -> MathGrades:
+        status = next(failing)
+        return MathGrades([float(s == "correct") for s in status], ["1"] * len(status), status)
+
+    monkeypatch.setattr(evaluation_mod, "grade_math", grade_math)
+    r = run(problems, scripted(problems, texts), 2)
+    assert r.grader_failures == 2 and r.avg_at_k == pytest.approx(0.5)
+    assert "grader failures (scored 0, not the model's doing): {'math500': 2}" in format_table([r])
+    assert "grader failures" not in format_table([replace(r, grader_failures=0)])
 
 
 def test_summarise_validates_lengths_and_handles_no_problems() -> None:

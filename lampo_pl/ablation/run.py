@@ -41,7 +41,7 @@ class RunResult:
         method: Key in ``METHODS``.
         seed: The run's seed.
         steps: Per training step, ``{"step": s, <metric>: value, ...}`` (the module's ``train/`` scalars).
-        evals: Per held-out evaluation, ``{"step", "avg_at_k", "pass_at_k"}``.
+        evals: Per held-out evaluation, ``{"step", "avg_at_k", "pass_at_k", "grader_failures"}``.
         seconds: Wall time of the run.
         settings: ``AblationSettings.run_identity()`` of the settings it ran with.
     """
@@ -146,7 +146,8 @@ def run_one(settings: AblationSettings, method: str, seed: int, out_dir: str | P
         torch.set_num_threads(threads)
     evals = [
         {"step": float(r["step"]), "avg_at_k": r["results"][0]["avg_at_k"],
-         "pass_at_k": r["results"][0]["pass_at"][settings.eval_k]}
+         "pass_at_k": r["results"][0]["pass_at"][settings.eval_k],
+         "grader_failures": float(r["results"][0].get("grader_failures", 0))}
         for r in evaluation.history
     ]
     result = RunResult(method, seed, history.rows, evals, time.perf_counter() - start, settings.run_identity())

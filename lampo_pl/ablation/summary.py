@@ -357,3 +357,16 @@ def paired_csv(rows: Sequence[PairedRow]) -> str:
         values = [getattr(getattr(r, m), part) for m in metrics for part in ("mean", "low", "high", "n")]
         writer.writerow([r.method, r.reference, " ".join(map(str, r.seeds)), r.censored, *values])
     return buffer.getvalue()
+
+
+def grader_failures(results: Sequence[RunResult]) -> dict[str, int]:
+    """Per run name, samples the math grader could not judge (timed out or failed, scored 0), in training
+    steps and held-out evaluations; runs without any are left out. A run listed here has a lower-bound score:
+    re-run it (delete its file) on a quieter machine before comparing it."""
+    out = {}
+    for r in results:
+        steps = sum(row.get("reward_diag/math_timeouts", 0) + row.get("reward_diag/math_errors", 0) for row in r.steps)
+        evals = sum(e.get("grader_failures", 0) for e in r.evals)
+        if steps + evals:
+            out[r.name] = int(steps + evals)
+    return out
