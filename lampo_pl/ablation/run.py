@@ -38,7 +38,7 @@ class RunResult:
     """One (method, seed) run.
 
     Attributes:
-        method: Key in ``METHODS``.
+        method: The arm's spec (``lampo_pl.ablation.methods``: ``grpo``, ``lampo+rouge@tau=2``).
         seed: The run's seed.
         steps: Per training step, ``{"step": s, <metric>: value, ...}`` (the module's ``train/`` scalars).
         evals: Per held-out evaluation, ``{"step", "avg_at_k", "pass_at_k", "grader_failures"}``.
