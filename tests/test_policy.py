@@ -61,7 +61,7 @@ def test_resolve_model_source_builds_and_caches_tiny_folders() -> None:
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
     assert resolve_model_source("tiny:qwen3") == str(folder)  # cached, same folder
     assert resolve_model_source("Qwen/Qwen3-1.7B") == "Qwen/Qwen3-1.7B"
-    with pytest.raises(ValueError, match=r"tiny:<arch>-sft with <arch> one of qwen3, phi3, llama"):
+    with pytest.raises(ValueError, match=r"tiny:<arch>-sft<steps> with <arch> one of qwen3, phi3, llama"):
         resolve_model_source("tiny:gpt2")
     with pytest.raises(ValueError, match="smollm2-135m-instruct"):
         resolve_model_source("packaged:nope")

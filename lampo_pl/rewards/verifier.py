@@ -31,7 +31,7 @@ class MathVerifier(LineWorker):
 
     name = "math-verify worker"
 
-    def __init__(self, startup_timeout_s: float = 60.0) -> None:
+    def __init__(self, startup_timeout_s: float = 300.0) -> None:
         """
         Args:
             startup_timeout_s: How long a fresh worker may take to import math-verify (~1.3 s

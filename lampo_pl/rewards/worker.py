@@ -34,11 +34,13 @@ class LineWorker:
 
     name = "worker"
 
-    def __init__(self, startup_timeout_s: float = 60.0) -> None:
+    def __init__(self, startup_timeout_s: float = 300.0) -> None:
         """
         Args:
             startup_timeout_s: How long a fresh child may take to import what it needs (not
-                counted against any request).
+                counted against any request). Generous: a child that fails at import exits at once,
+                so only a hung one waits this long, while 60 s was overrun on a 2-core machine
+                running four processes (every request until a start succeeded was scored 0).
         """
         self.startup_timeout_s = startup_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
