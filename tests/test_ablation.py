@@ -26,7 +26,7 @@ from lampo_pl.ablation import (
     to_markdown,
 )
 from lampo_pl.ablation import run as run_mod
-from lampo_pl.ablation.methods import reference_arm
+from lampo_pl.ablation.methods import binary_arm, reference_arm
 from lampo_pl.ablation.summary import (
     curve,
     difference_band,
@@ -60,6 +60,7 @@ def test_arm_specs() -> None:
     assert method_preset("dapo@mask_truncated=false@max_refill_rounds=0").method.max_refill_rounds == 0
     assert method_preset("grpo@dual_clip=null").method.dual_clip is None
     assert reference_arm("lampo+rouge@tau=2", "grpo") == "grpo+rouge" and reference_arm("lampo", "grpo") == "grpo"
+    assert binary_arm("lampo+rouge@tau=2") == "lampo@tau=2" and binary_arm("grpo") == "grpo"
     for bad, message in [("ppo", "unknown ablation method 'ppo'"), ("lampo rouge", "unknown ablation method"),
                          ("lampo@tau=x", "tau='x' is not a float"), ("lampo@foo=1", "no field 'foo'"),
                          ("lampo@tau=-1", r"tau=-1\.0: allowed tau >= 0")]:

@@ -1,7 +1,7 @@
 """Compare LamPO with GRPO-family baselines on one task, over paired seeds, with intervals
 (notebooks/ablations.ipynb, bench/learning_efficiency.py, docs/ablations.md)."""
 
-from lampo_pl.ablation.methods import METHODS, MethodPreset, method_preset, reference_arm
+from lampo_pl.ablation.methods import METHODS, MethodPreset, binary_arm, method_preset, reference_arm
 from lampo_pl.ablation.run import RunResult, load_results, run_ablation, run_one
 from lampo_pl.ablation.settings import PRESETS, AblationSettings, preset
 from lampo_pl.ablation.summary import (
@@ -28,6 +28,7 @@ __all__ = [
     "PairedRow",
     "RunResult",
     "SummaryRow",
+    "binary_arm",
     "curve",
     "eval_curve",
     "load_results",

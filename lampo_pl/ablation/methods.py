@@ -123,3 +123,8 @@ def _parse_field(spec: str, name: str, text: str) -> Any:
 def reference_arm(spec: str, baseline: str) -> str:
     """The arm ``spec`` is compared with: ``baseline`` under the same reward (``+rouge`` kept)."""
     return baseline + ("+rouge" if method_preset(spec).density and not method_preset(baseline).density else "")
+
+
+def binary_arm(spec: str) -> str:
+    """The same arm without the density reward (``lampo+rouge@tau=2`` -> ``lampo@tau=2``); ``spec`` if it has none."""
+    return spec.replace("+rouge", "", 1) if method_preset(spec).density else spec

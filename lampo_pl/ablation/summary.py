@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from lampo_pl.ablation.methods import method_preset, reference_arm
+from lampo_pl.ablation.methods import binary_arm, method_preset, reference_arm
 from lampo_pl.ablation.run import RunResult
 from lampo_pl.ablation.settings import AblationSettings
 
@@ -98,6 +98,15 @@ class Band:
     high: np.ndarray
 
 
+def paired_runs(
+    results: Sequence[RunResult], arm: str, reference: str, seeds: Sequence[int] | None = None
+) -> list[tuple[int, RunResult, RunResult]]:
+    """(seed, arm's run, reference's run) for every seed both ran (of ``seeds``, if given), in seed order."""
+    by_key = {(r.method, r.seed): r for r in results}
+    ran = sorted(s for m, s in by_key if m == arm and (reference, s) in by_key)
+    return [(s, by_key[arm, s], by_key[reference, s]) for s in ran if seeds is None or s in seeds]
+
+
 def difference_band(
     results: Sequence[RunResult], arm: str, reference: str, metric: str = "acc", smooth: int = 1
 ) -> Band | None:
@@ -106,22 +115,21 @@ def difference_band(
     ``None`` when no seed ran both."""
     from scipy import stats
 
-    by_key = {(r.method, r.seed): r for r in results}
-    seeds = sorted(s for m, s in by_key if m == arm and (reference, s) in by_key)
-    if not seeds:
+    pairs = paired_runs(results, arm, reference)
+    if not pairs:
         return None
+    seeds = [seed for seed, _, _ in pairs]
     if metric == "eval":
-        length = min(min(len(by_key[m, s].evals) for s in seeds) for m in (arm, reference))
-        steps = np.array([e["step"] for e in by_key[arm, seeds[0]].evals[:length]], dtype=float)
-        diffs = np.array([[a["avg_at_k"] - b["avg_at_k"] for a, b in
-                           zip(by_key[arm, s].evals[:length], by_key[reference, s].evals[:length], strict=True)]
-                          for s in seeds])  # [P, E]
+        length = min(min(len(a.evals), len(b.evals)) for _, a, b in pairs)
+        steps = np.array([e["step"] for e in pairs[0][1].evals[:length]], dtype=float)
+        diffs = np.array([[x["avg_at_k"] - y["avg_at_k"]
+                           for x, y in zip(a.evals[:length], b.evals[:length], strict=True)]
+                          for _, a, b in pairs])  # [P, E]
     else:
-        length = min(min(len(by_key[m, s].steps) for s in seeds) for m in (arm, reference))
-        steps = series(by_key[arm, seeds[0]], metric)[0][:length]
-        diffs = np.stack([trailing_mean(series(by_key[arm, s], metric)[1][:length], smooth)
-                          - trailing_mean(series(by_key[reference, s], metric)[1][:length], smooth)
-                          for s in seeds])  # [P, S]
+        length = min(min(len(a.steps), len(b.steps)) for _, a, b in pairs)
+        steps = series(pairs[0][1], metric)[0][:length]
+        diffs = np.stack([trailing_mean(series(a, metric)[1][:length], smooth)
+                          - trailing_mean(series(b, metric)[1][:length], smooth) for _, a, b in pairs])  # [P, S]
     mean = diffs.mean(axis=0)
     if len(seeds) < 2:
         return Band(steps, mean, mean.copy(), mean.copy())
@@ -293,21 +301,21 @@ def paired_differences(
     """
     if against not in ("baseline", "binary"):
         raise ValueError(f"against must be 'baseline' or 'binary', got {against!r}")
-    by_key = {(r.method, r.seed): r for r in results}
     rows = []
     for arm in settings.methods:
         if against == "baseline":
             reference = reference_arm(arm, settings.baseline)
         elif method_preset(arm).density:
-            reference = arm.replace("+rouge", "")
+            reference = binary_arm(arm)
         else:
             continue
         if reference == arm or reference not in settings.methods:
             continue
-        seeds = tuple(s for s in settings.seeds if (arm, s) in by_key and (reference, s) in by_key)
-        if not seeds:
+        matched = paired_runs(results, arm, reference, settings.seeds)
+        if not matched:
             continue
-        pairs = [(by_key[arm, s], by_key[reference, s]) for s in seeds]
+        seeds = tuple(seed for seed, _, _ in matched)
+        pairs = [(a, b) for _, a, b in matched]
         reach = [[steps_to_threshold(r, settings.threshold, settings.smooth) for r in pair] for pair in pairs]
         never = settings.steps + 1
         rows.append(PairedRow(
