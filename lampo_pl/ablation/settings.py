@@ -10,9 +10,9 @@
   A level mix was measured first and rejected: warmed up 400 steps on one- and two-digit sums the
   tiny model starts at 0.48 and GRPO gained nothing in 60 steps (two-digit sums are beyond it).
 - ``smollm2``: the packaged SmolLM2-135M-Instruct on one- and two-digit problems with a worked example
-  in the prompt (the ``make demo`` setting), sampled with vLLM: GRPO, Dr. GRPO, LamPO ± ROUGE-L, 6
-  seeds of 10 steps; ~40 s per step on one core of the CPU machine that ran seeds 2-5 (~7 min a run),
-  ~2 min on the one that ran the first runs (23-33 min a run).
+  in the prompt (the ``make demo`` setting), sampled with vLLM: GRPO ± ROUGE-L, Dr. GRPO and
+  LamPO ± ROUGE-L, 6 seeds of 10 steps; ~40 s per step on one core of the CPU machine that ran most
+  runs (~7 min a run), ~2 min on the one that ran the first five (23-33 min a run).
 
 For a real model, replace fields (``dataclasses.replace`` or the notebook's settings cell): e.g.
 ``model="Qwen/Qwen3-1.7B", quantization="4bit"``.
@@ -128,7 +128,7 @@ PRESETS: dict[str, AblationSettings] = {
         workers=1,
     ),
     "smollm2": AblationSettings(
-        model="packaged:smollm2-135m-instruct", methods=("grpo", "dr_grpo", "lampo", "lampo+rouge"),
+        model="packaged:smollm2-135m-instruct", methods=("grpo", "dr_grpo", "lampo", "grpo+rouge", "lampo+rouge"),
         seeds=(0, 1, 2, 3, 4, 5),
         steps=10, prompts_per_step=2, group_size=8, max_new_tokens=64, temperature=0.7, engine="vllm", lr=2e-4,
         warmup_steps=1, lora_r=16, lora_alpha=32, micro_batch_size=4, levels=(1, 2), one_shot=True, eval_every=5,
