@@ -113,12 +113,9 @@ def difference_band(
     """``arm`` minus ``reference`` per seed, for a per-step metric (smoothed) or ``"eval"`` (held-out avg@k).
 
     ``None`` when no seed ran both."""
-    from scipy import stats
-
     pairs = paired_runs(results, arm, reference)
     if not pairs:
         return None
-    seeds = [seed for seed, _, _ in pairs]
     if metric == "eval":
         length = min(min(len(a.evals), len(b.evals)) for _, a, b in pairs)
         steps = np.array([e["step"] for e in pairs[0][1].evals[:length]], dtype=float)
@@ -131,9 +128,9 @@ def difference_band(
         diffs = np.stack([trailing_mean(series(a, metric)[1][:length], smooth)
                           - trailing_mean(series(b, metric)[1][:length], smooth) for _, a, b in pairs])  # [P, S]
     mean = diffs.mean(axis=0)
-    if len(seeds) < 2:
+    if len(pairs) < 2:
         return Band(steps, mean, mean.copy(), mean.copy())
-    half = stats.t.ppf(0.975, len(seeds) - 1) * diffs.std(axis=0, ddof=1) / math.sqrt(len(seeds))
+    half = t_half_width(diffs)
     return Band(steps, mean, mean - half, mean + half)
 
 
@@ -249,10 +246,17 @@ class Interval:
         return bool(self.low > 0 or self.high < 0)
 
 
-def t_interval(values: Sequence[float], level: float = 0.95) -> Interval:
-    """Student-t interval of the mean of ``values`` (sample std, n − 1 degrees of freedom)."""
+def t_half_width(x: np.ndarray, level: float = 0.95) -> np.ndarray:
+    """Half-width of the Student-t interval of the mean over axis 0 (sample std, n − 1 degrees of
+    freedom; n = ``x.shape[0]`` >= 2). [N, ...] -> [...]"""
     from scipy import stats  # the ablation extra: the rest of the package runs without scipy
 
+    n = x.shape[0]
+    return stats.t.ppf(0.5 + level / 2, n - 1) * x.std(axis=0, ddof=1) / math.sqrt(n)
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> Interval:
+    """Student-t interval of the mean of ``values`` (sample std, n − 1 degrees of freedom)."""
     x = np.asarray(values, dtype=float)
     x = x[np.isfinite(x)]
     if x.size == 0:
@@ -260,7 +264,7 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> Interval:
     mean = float(x.mean())
     if x.size < 2:
         return Interval(mean, math.nan, math.nan, 1)
-    half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    half = float(t_half_width(x, level))
     return Interval(mean, mean - half, mean + half, int(x.size))
 
 
