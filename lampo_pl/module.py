@@ -12,7 +12,6 @@ several micro-batch backward passes and μ optimiser steps.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -24,9 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from lampo_pl.advantages import AdvantageOutput, confidence_scores, estimate_advantages
-from lampo_pl.data.prompting import few_shot_pairs, render_prompt
+from lampo_pl.data.prompting import one_shot_example, render_prompt
 from lampo_pl.data.record import Problem
-from lampo_pl.data.synthetic import generate_synthetic
 from lampo_pl.dynamic_sampling import Round, Sample, SamplingRounds, assemble, informative_groups
 from lampo_pl.evaluation_steps import EvaluationSteps
 from lampo_pl.logprobs import token_logprobs
@@ -449,17 +447,6 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_steps = int(checkpoint.get("lampo_skipped_steps", 0))
-
-
-@functools.cache
-def one_shot_example() -> tuple[tuple[str, str], ...]:
-    """One worked synthetic word problem as a (user, assistant) chat turn, from a split never trained on.
-
-    Measured with the packaged SmolLM2-135M-Instruct (shared docs/ENVIRONMENT.md): asked zero-shot
-    for ``\\boxed{}`` it uses it in 1 response of 10; after one worked example in 8 of 10, and
-    single-digit accuracy rises from ~54% to ~86%.
-    """
-    return tuple(few_shot_pairs(generate_synthetic(1, levels=(3,), split="fewshot")))
 
 
 def check_batch_shape(prompts_per_step: int, group_size: int, micro_batch_size: int, num_iterations: int) -> None:

@@ -18,7 +18,7 @@ Contract (the same for every engine):
    of sequence (vLLM: ``finish_reason == "length"``): evaluation reports the truncated fraction
    beside every score, since a reasoning model cut inside ``<think>`` scores 0.
 5. Randomness: the native sampler draws from torch's global RNG, which the evaluation callback
-   forks and seeds (``callbacks/evaluation.py``, ``forked_rng``); an engine with its own generator
+   forks and seeds (``callbacks/eval_target.py``, ``forked_rng``); an engine with its own generator
    seeds it itself (e.g. at construction).
 """
 

@@ -21,7 +21,7 @@ import torch
 from jsonargparse import ActionConfigFile
 
 from lampo_pl.callbacks.adapter import save_policy_adapter
-from lampo_pl.data.prompting import render_prompt
+from lampo_pl.data.prompting import one_shot_example, render_prompt
 from lampo_pl.data.registry import check_name, load_problems
 from lampo_pl.errors import UserError
 from lampo_pl.policy import check_model_available, load_policy
@@ -83,7 +83,7 @@ def run_warmup(run: WarmupRun) -> tuple[Path, list[float]]:
         attn_implementation=lo.attn_implementation,
     )
     p = run.prompt
-    few_shot = _one_shot() if p.one_shot else ()
+    few_shot = one_shot_example() if p.one_shot else ()  # the RL run's own example: both see the same prompt
     prompts = [render_prompt(tokenizer, q, system_prompt=p.system_prompt, enable_thinking=p.enable_thinking,
                              few_shot=few_shot) for q in problems]
     every = max(1, run.warmup.steps // 10)
@@ -96,12 +96,6 @@ def run_warmup(run: WarmupRun) -> tuple[Path, list[float]]:
                                on_step=report)
     owner = SimpleNamespace(policy_model=model, tokenizer=tokenizer)
     return save_policy_adapter(owner, run.out, base_model=run.model), losses
-
-
-def _one_shot() -> tuple[tuple[str, str], ...]:
-    from lampo_pl.module import one_shot_example  # the RL run's own example, so both see the same prompt
-
-    return one_shot_example()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ import torch
 import lampo_pl.cli as cli_mod
 from lampo_pl.callbacks import BenchmarkEvaluation
 from lampo_pl.callbacks.adapter import save_policy_adapter
-from lampo_pl.callbacks.evaluation import (
+from lampo_pl.callbacks.eval_target import (
     EVAL_ADAPTER,
     PrivateRNG,
     adapter_sha256,
