@@ -170,3 +170,34 @@ def test_an_unknown_path_stops_fit_before_any_model_loads(monkeypatch: pytest.Mo
     with pytest.raises(ValueError, match=re.escape(message)):
         build_cli(["fit", "-c", str(ROOT / "configs/smoke.yaml"), "--trainer.logger", "false",
                    "--model.rewards.custom", "[{function: my_rewards.nope}]"])
+
+
+def test_a_reward_module_in_the_working_directory_imports_under_the_console_script(tmp_path: Path) -> None:
+    """Issue 25 item 1: ``lampo`` (console script: sys.path[0] is its bin folder, not the working directory)
+    imports ``examples.rewards``-style paths from the working directory, as ``python -m lampo_pl`` does;
+    the reward's child process imports it too."""
+    (tmp_path / "my_pkg").mkdir()
+    (tmp_path / "my_pkg" / "__init__.py").write_text("")
+    source = "def half(completions, **kw):\n    return [0.5] * len(completions)\n"
+    (tmp_path / "my_pkg" / "scores.py").write_text(source)
+    script = textwrap.dedent(f"""
+        import sys
+        assert "" not in sys.path and {str(tmp_path)!r} not in sys.path  # as under the console script
+        from lampo_pl.rewards.custom import CustomReward, check_custom_rewards, score_custom
+        from lampo_pl.data.record import Problem
+        reward = CustomReward("my_pkg.scores.half")
+        check_custom_rewards([reward])
+        values, _ = score_custom([reward], ["a", "b"], [Problem(id="p", prompt="q", answer="1")] * 2)
+        print(values)
+        try:
+            check_custom_rewards([CustomReward("not_here.fn")])
+        except ValueError as error:
+            print(error)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # -P: no script folder or working directory on sys.path, as under `.venv/bin/lampo`.
+    done = subprocess.run([sys.executable, "-P", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "{'half': [0.5, 0.5]}" in done.stdout
+    assert f"looked in the working directory {tmp_path}" in done.stdout

@@ -7,7 +7,6 @@ Used by ``BenchmarkEvaluation`` (``callbacks/evaluation.py``).
 from __future__ import annotations
 
 import hashlib
-import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 from peft import PeftModel, get_peft_model_state_dict
 
+from lampo_pl.rewards.custom import import_user_module
 from lampo_pl.sampler import NativeSampler, Sampler
 
 EVAL_ADAPTER = "evaluated"  # name under which an adapter folder is loaded next to `policy` and `reference`
@@ -30,9 +30,10 @@ def native_sampler(pl_module: Any, generation_batch_size: int | None = None) -> 
 def load_sampler_factory(path: str) -> Any:
     """``"package.module.name"`` -> the object it names; one clear line when it does not exist."""
     module_name, _, attr = path.rpartition(".")
+    module = import_user_module(module_name, f"BenchmarkEvaluation.sampler {path!r}")
     try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as err:
+        return getattr(module, attr)
+    except AttributeError as err:
         raise ValueError(f"BenchmarkEvaluation.sampler: cannot import {path!r} ({err})") from err
 
 

@@ -47,7 +47,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 from lampo_pl.data.record import Problem
@@ -60,6 +60,33 @@ BUILT_IN = ("correctness", "density", "format")  # compose.REWARD_NAMES, without
 _NOT_COLUMNS = ("prompt", "messages")  # the prompt is passed as ``prompts``; messages render it
 
 
+def with_working_directory_on_path() -> str:
+    """Put the working directory first on ``sys.path`` (once) and return it.
+
+    ``python -m lampo_pl`` puts it there; the ``lampo`` console script puts its own ``bin`` folder
+    there instead, so ``examples.rewards`` would import under one spelling of the command and not
+    the other (issue 25 item 1). Reward worker children inherit ``sys.path`` (``env`` below).
+    """
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    return cwd
+
+
+def import_user_module(module_name: str, what: str) -> ModuleType:
+    """Import a user's module from the working directory or the Python path.
+
+    Raises:
+        ValueError: one line naming ``what``, the module, the reason and where it looked.
+    """
+    cwd = with_working_directory_on_path()
+    try:
+        return importlib.import_module(module_name)
+    except Exception as error:  # ImportError, or the module's own code failing
+        raise ValueError(f"{what}: cannot import module {module_name!r} ({error}); looked in the working directory "
+                         f"{cwd} and the Python path (PYTHONPATH, installed packages)") from error
+
+
 def resolve_function(path: str) -> Callable[..., Any]:
     """The callable at ``package.module.function`` (or ``package.module:function``).
 
@@ -69,10 +96,7 @@ def resolve_function(path: str) -> Callable[..., Any]:
     module_name, sep, attribute = path.replace(":", ".").rpartition(".")
     if not sep or not module_name or not attribute:
         raise ValueError(f"custom reward {path!r}: expected an import path like my_module.my_reward")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as error:  # ImportError, or the module's own code failing
-        raise ValueError(f"custom reward {path!r}: cannot import module {module_name!r} ({error})") from error
+    module = import_user_module(module_name, f"custom reward {path!r}")
     function = getattr(module, attribute, None)
     if not callable(function):
         raise ValueError(f"custom reward {path!r}: module {module_name!r} has no callable {attribute!r}")
