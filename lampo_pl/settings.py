@@ -6,6 +6,7 @@ needs no ``class_path``. The baseline configs differ from the LamPO one only in 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +157,31 @@ class LoraArgs:
         require(finite(self.dropout) and 0 <= self.dropout < 1, g, "dropout", self.dropout, "0 <= dropout < 1")
         require(self.init_adapter is None or (Path(self.init_adapter) / "adapter_config.json").is_file(), g,
                 "init_adapter", self.init_adapter, "null or a PEFT adapter folder (with adapter_config.json)")
+        if self.init_adapter is not None:
+            check_adapter_agrees(self)
+
+
+def check_adapter_agrees(lora: LoraArgs) -> None:
+    """Refuse an ``init_adapter`` whose own LoRA settings differ from the run's (issue 25 item 6).
+
+    PEFT loads the adapter with the settings saved in its ``adapter_config.json``: a run that says
+    ``r: 16`` would train the adapter's r = 8 while its config.yaml records 16. ``target_modules`` is
+    compared when the run lists names (``all-linear`` is resolved against the model, which is not
+    loaded yet; PEFT saves the resolved names).
+    """
+    file = Path(str(lora.init_adapter)) / "adapter_config.json"
+    try:
+        saved = json.loads(file.read_text())
+    except (OSError, ValueError) as error:
+        raise SettingsError(f"model.lora.init_adapter: cannot read {file} ({error})") from error
+    pairs = [("r", lora.r, saved.get("r")), ("alpha", lora.alpha, saved.get("lora_alpha"))]
+    if not isinstance(lora.target_modules, str) and isinstance(saved.get("target_modules"), list):
+        pairs.append(("target_modules", sorted(lora.target_modules), sorted(saved["target_modules"])))
+    differ = [f"{name}={ours!r} but the adapter has {theirs!r}" for name, ours, theirs in pairs
+              if theirs is not None and ours != theirs]
+    if differ:
+        raise SettingsError(f"model.lora.init_adapter={lora.init_adapter!r}: the run's LoRA settings disagree with "
+                            f"the adapter's own ({'; '.join(differ)}); set model.lora to the adapter's values")
 
 
 @dataclass

@@ -88,6 +88,21 @@ def test_bad_setting_is_one_line_before_anything_loads(
     assert not any(tmp_path.iterdir())  # no run folder either
 
 
+def test_an_init_adapter_with_other_lora_settings_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           no_model_load: None) -> None:
+    """Issue 25 item 6: PEFT would train the adapter's r = 8 while config.yaml records r = 16."""
+    adapter = tmp_path / "warm"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}')
+    base = ["fit", "-c", SMOKE, "--model.lora.init_adapter", str(adapter), "--trainer.logger", "false"]
+    line = refused(capsys, [*base, "--model.lora.r=16"])
+    assert "model.lora.init_adapter=" in line and "r=16 but the adapter has 8" in line, line
+    line = refused(capsys, [*base, "--model.lora.target_modules=[q_proj]"])
+    assert "target_modules=['q_proj'] but the adapter has ['q_proj', 'v_proj']" in line, line
+    LoraArgs(r=8, alpha=16, init_adapter=str(adapter))  # the adapter's own values are accepted
+    LoraArgs(r=8, alpha=16, target_modules=["v_proj", "q_proj"], init_adapter=str(adapter))
+
+
 @pytest.mark.parametrize("command", ["validate", "test"])
 def test_validate_and_test_refuse_the_same_way(command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                no_model_load: None) -> None:
