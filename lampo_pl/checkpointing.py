@@ -40,13 +40,15 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
 from lampo_pl.atomic import TMP_SUFFIX, write_atomic, write_text_atomic
 from lampo_pl.errors import UserError
 
-__all__ = ["TMP_SUFFIX", "AtomicCheckpointIO", "CheckpointError", "RNGStateCheckpoint", "write_text_atomic"]
+__all__ = ["TMP_SUFFIX", "AtomicCheckpointIO", "CheckpointError", "RNGStateCheckpoint", "RunCheckpoint",
+           "write_text_atomic"]
 
 CHECKSUM_SUFFIX = ".sha256"
 
@@ -260,3 +262,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                                   "checkpoint: resume from another one") from error
         check_finite(checkpoint, path)
         return checkpoint
+
+
+# ---- the default checkpoint of `lampo fit` ------------------------------------------------------
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``<log_dir>/checkpoints/last.ckpt`` every ``every_n_train_steps`` steps and when training ends.
+
+    ``lampo fit`` adds one unless the config brings its own ``ModelCheckpoint`` or sets
+    ``trainer.enable_checkpointing: false``; ``--ckpt_path last`` resumes from it. A checkpoint holds
+    the two adapters, λ, the optimiser and scheduler, the loops, the data stream position and the RNG
+    states (module docstring): a few times the adapter's size, not the base model's.
+    Lightning's own ``save_last`` at train end saves only when nothing was saved before; here the end
+    is saved whenever its step was not (step 53 of a run saving every 50).
+    """
+
+    def __init__(self, every_n_train_steps: int = 50, dirpath: str | None = None) -> None:
+        """Args:
+        every_n_train_steps: Save every N training steps (and at the end).
+        dirpath: Folder of ``last.ckpt``; null: ``<log_dir>/checkpoints``.
+        """
+        if every_n_train_steps < 1:
+            raise UserError(f"RunCheckpoint.every_n_train_steps={every_n_train_steps}: allowed an integer >= 1")
+        super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, every_n_train_steps=every_n_train_steps)
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

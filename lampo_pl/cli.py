@@ -23,13 +23,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
 
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lampo_pl.callbacks.evaluation import EvalOverrides
 from lampo_pl.callbacks.progress import StepProgressBar
-from lampo_pl.checkpointing import RNGStateCheckpoint, verify_checkpoint
+from lampo_pl.checkpointing import RNGStateCheckpoint, RunCheckpoint, verify_checkpoint
 from lampo_pl.data.datamodule import ProblemDataModule
 from lampo_pl.errors import UserError
 from lampo_pl.module import LamPOModule
@@ -39,7 +39,8 @@ TRAINER_DEFAULTS = {
     "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}},
     "num_sanity_val_steps": 0,
     "log_every_n_steps": 1,
-    "enable_checkpointing": False,
+    # fit adds a RunCheckpoint (last.ckpt every 50 steps and at the end) unless the config has its own.
+    "enable_checkpointing": True,
     # Checkpoint files are written then renamed: a killed run never leaves one half-written.
     "plugins": {"class_path": "lampo_pl.checkpointing.AtomicCheckpointIO"},
     # The data module shards prompts by rank itself (data/datamodule.py, EpochBatchSampler).
@@ -102,6 +103,8 @@ class LamPOCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if self.subcommand in ("validate", "test"):
             _fixed_log_version(self.config[self.subcommand], self.subcommand)
+        if self.subcommand == "fit":
+            _resume_in_its_version(self.config["fit"])
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         # The step-counting bar (callbacks/progress.py) unless the config turns bars off or brings its own.
@@ -109,6 +112,9 @@ class LamPOCLI(LightningCLI):
         wanted = config.get("enable_progress_bar") is not False and _RICH_AVAILABLE  # without rich: Lightning's tqdm
         if wanted and not any(isinstance(c, ProgressBar) for c in chosen):
             callbacks = [*callbacks, StepProgressBar()]
+        checkpoints = config.get("enable_checkpointing") is not False and self.subcommand == "fit"
+        if checkpoints and not any(isinstance(c, ModelCheckpoint) for c in chosen):
+            callbacks = [*callbacks, RunCheckpoint()]
         return super()._instantiate_trainer(config, callbacks)
 
     def instantiate_classes(self) -> None:
@@ -172,6 +178,50 @@ def _fixed_log_version(config: Any, subcommand: str) -> None:
         init_args["version"] = subcommand
 
 
+def _resume_in_its_version(config: Any) -> None:
+    """``fit --ckpt_path`` of a checkpoint in ``<save_dir>/<name>/version_N/checkpoints`` (or ``last``) logs
+    to that same ``version_N``, so that its TensorBoard curves continue instead of starting a new folder."""
+    ckpt = config.get("ckpt_path")
+    logger = config.get("trainer", {}).get("logger")
+    init_args = getattr(logger, "init_args", None)
+    if ckpt is None or init_args is None or "version" not in init_args or init_args["version"] is not None:
+        return
+    if "save_dir" not in init_args:
+        return
+    root = Path(init_args["save_dir"]) / (init_args.get("name") or "lightning_logs")
+    if ckpt == "last":
+        found = [p for p in root.glob("*/checkpoints/*.ckpt") if p.is_file()]
+        if not found:
+            return  # find_last_checkpoint says so in one line, with where it looked
+        file = max(found, key=lambda p: p.stat().st_mtime)
+    else:
+        file = Path(str(ckpt))
+    folder = file.resolve().parent
+    if folder.name == "checkpoints" and folder.parent.parent == root.resolve():
+        init_args["version"] = folder.parent.name
+
+
+class KeepingSaveConfig(SaveConfigCallback):
+    """Lightning's ``config.yaml``, never over an earlier one: a resumed fit writes ``config_resume1.yaml``
+    (then 2, ...) beside the first run's, a second ``lampo validate`` ``config_2.yaml`` (issue 25 item 3)."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if not self.already_saved and trainer.log_dir is not None:
+            name = free_config_name(Path(trainer.log_dir), resumed=stage == "fit") if trainer.is_global_zero else ""
+            self.config_filename = trainer.strategy.broadcast(name)
+        super().setup(trainer, pl_module, stage)
+
+
+def free_config_name(folder: Path, *, resumed: bool) -> str:
+    """``config.yaml`` or, when it exists, the first free ``config_resume<n>.yaml`` (fit) / ``config_<n>.yaml``."""
+    if not (folder / "config.yaml").exists():
+        return "config.yaml"
+    n = 1 if resumed else 2
+    while (folder / (name := f"config_resume{n}.yaml" if resumed else f"config_{n}.yaml")).exists():
+        n += 1
+    return name
+
+
 def find_last_checkpoint(trainer: Any) -> Path:
     """``--ckpt_path last``: the newest ``*.ckpt`` of this run, across its ``version_N`` folders.
 
@@ -208,7 +258,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LamPOCLI:
         ProblemDataModule,
         # A fresh RNG callback per CLI: it carries the RNG state between steps (checkpointing.py).
         trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [RNGStateCheckpoint()]},
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=KeepingSaveConfig,
+        save_config_kwargs={"overwrite": True},  # KeepingSaveConfig picks a free name first
         parser_class=LamPOArgumentParser,
         args=args,
         run=run,

@@ -423,11 +423,15 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
     ) -> dict[str, float]:
         """Log the step's scalars under ``train/``; return them without the prefix (NaN ones left out)."""
         metrics = step_metrics(rollout, scored, adv, result, phases, rounds, group_size=self.group_size,
-                               skipped_steps=self.skipped_steps, lam=self.lam)
+                               skipped_steps=self.skipped_steps, lam=self.lam,
+                               dynamic_sampling=self.method.dynamic_sampling)
         metrics.update(self.mismatch.pop())
         clean = {k: v for k, v in metrics.items() if not math.isnan(v)}
         bs = len(scored.total)
         self.log_dict({f"train/{k}": v for k, v in clean.items()}, on_step=True, batch_size=bs)
+        # Logged as "step", Lightning's logger connector takes it as the x-axis of this step's scalars: the
+        # step after the update, as samples.jsonl and the evaluations number it (not its 0-based batch count).
+        self.log("step", float(self.global_step), on_step=True, on_epoch=False, batch_size=bs)
         self.log("reward", metrics["reward"], prog_bar=True, logger=False, batch_size=bs)
         self.log("acc", metrics["acc"], prog_bar=True, logger=False, batch_size=bs)
         return clean

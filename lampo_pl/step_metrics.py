@@ -103,9 +103,12 @@ class OptimResult:
 
 def step_metrics(
     rollout: Rollout, scored: RewardBatch, adv: AdvantageOutput, result: OptimResult, phases: Phases,
-    rounds: SamplingRounds, *, group_size: int, skipped_steps: int, lam: Tensor | None,
+    rounds: SamplingRounds, *, group_size: int, skipped_steps: int, lam: Tensor | None, dynamic_sampling: bool,
 ) -> dict[str, float]:
-    """Every scalar of one step, unprefixed; NaN marks one that does not apply (the caller drops those)."""
+    """Every scalar of one step, unprefixed; NaN marks one that does not apply (the caller drops those).
+
+    ``dynamic_sampling/*`` only when DAPO dynamic sampling is on (off, they would say 1 round, all kept).
+    """
     rewards = torch.tensor(scored.total)  # [N]
     lengths = rollout.response_lengths.float()  # [N]
     gen_s = phases.seconds.get("generation", math.nan)
@@ -125,7 +128,9 @@ def step_metrics(
     }
     metrics |= {f"reward_{k}": float(torch.tensor(v).nanmean()) for k, v in scored.components.items()}  # NaN: None
     metrics |= {f"reward_diag/{k}": float(v) for k, v in scored.diagnostics.items()}
-    metrics |= {f"dynamic_sampling/{k}": float(v) for k, v in asdict(rounds).items() if k != "first_round_accuracy"}
+    if dynamic_sampling:
+        metrics |= {f"dynamic_sampling/{k}": float(v) for k, v in asdict(rounds).items()
+                    if k != "first_round_accuracy"}
     advantages = advantage_stats(rewards, adv.advantages, group_size, adv.pair_weights)
     metrics |= AlgoMetrics.of_step(result.loss, result.loss_stats, advantages, lam).as_dict()
     metrics |= {f"time/{k}_s": v for k, v in phases.seconds.items()}

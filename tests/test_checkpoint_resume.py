@@ -57,13 +57,16 @@ class MemoryLogger(Logger):
         pass
 
     def comparable(self, after: int) -> dict[int, dict[str, float]]:
-        """Training and evaluation metrics from step ``after`` on, without wall-clock ones."""
-        keep = ("train/", "eval/")
-        return {
-            s: {k: v for k, v in m.items() if k.startswith(keep) and "time" not in k and "per_s" not in k}
-            for s, m in self.by_step.items()
-            if s >= after
-        }
+        """Evaluation metrics from step ``after`` on and training metrics after it, without wall-clock ones.
+
+        ``train/*`` of step s are logged at the step count after its update (s), as evaluations are: a run
+        resumed from the checkpoint of step ``after`` evaluates those weights but first trains step after + 1.
+        """
+        def kept(key: str, step: int) -> bool:
+            return (key.startswith("eval/") or (key.startswith("train/") and step > after)) and \
+                "time" not in key and "per_s" not in key
+
+        return {s: {k: v for k, v in m.items() if kept(k, s)} for s, m in self.by_step.items() if s >= after}
 
 
 Run = tuple[LamPOModule, MemoryLogger]
