@@ -130,6 +130,8 @@ def assemble(rounds: list[Round], num_groups: int, group_size: int) -> Sample:
         components={name: [sc[r].components[name][i] for r, i in rows] for name in sc[0].components},
         correct=[sc[r].correct[i] for r, i in rows],
         diagnostics=diagnostics,
+        extracted=[sc[r].extracted[i] for r, i in rows] if all(s.extracted for s in sc) else [],
+        grades=[sc[r].grades[i] for r, i in rows] if all(s.grades for s in sc) else [],
     )
     device = rounds[0].rollout.input_ids.device
     return Sample(

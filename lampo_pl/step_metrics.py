@@ -48,6 +48,7 @@ class StepRecord:
         step: Global step the record belongs to.
         prompts: The B rendered prompts.
         problem_ids: The B problem ids.
+        answers: The B reference answers.
         texts: The N = B·G responses, groups contiguous.
         rewards: N total rewards.
         components: Per reward name, N unweighted values.
@@ -55,11 +56,14 @@ class StepRecord:
         pair_weights: LamPO's ``[B][G][G]`` pair weights, else ``None``.
         group_size: G.
         metrics: The step's logged scalars, without the ``train/`` prefix (NaN ones left out).
+        extracted: N final answers the grader read (``None``: none; empty when scored without the graders).
+        grades: N grades (``correct``, ``wrong``, ``no_answer``, ``echo``, ...; empty likewise).
     """
 
     step: int
     prompts: list[str]
     problem_ids: list[str]
+    answers: list[str]
     texts: list[str]
     rewards: list[float]
     components: dict[str, list[float]]
@@ -67,12 +71,16 @@ class StepRecord:
     pair_weights: list[list[list[float]]] | None
     group_size: int
     metrics: dict[str, float]
+    extracted: list[str | None]
+    grades: list[str]
 
     @classmethod
     def of_step(cls, step: int, sample: Sample, adv: AdvantageOutput, metrics: dict[str, float]) -> StepRecord:
         g = sample.rollout.input_ids.shape[0] // len(sample.prompts)
         return cls(
             step=step, prompts=sample.prompts, problem_ids=[q.id for q in sample.problems[::g]],
+            answers=[q.answer for q in sample.problems[::g]], extracted=sample.scored.extracted,
+            grades=sample.scored.grades,
             texts=sample.rollout.texts, rewards=sample.scored.total, components=sample.scored.components,
             advantages=adv.advantages.tolist(),
             pair_weights=None if adv.pair_weights is None else adv.pair_weights.tolist(), group_size=g,

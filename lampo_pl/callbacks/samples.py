@@ -3,7 +3,9 @@
 Reward curves say that something changed, not what: reading responses is how reward hacking
 (e.g. echoing the question to fool a loose answer extractor, docs/ENVIRONMENT.md "Pitfalls") and
 format collapse are caught. For each chosen prompt this writes its G responses with their total
-reward, reward components, advantage and, for LamPO, the response's row of pair weights:
+reward, reward components, the answer the grader extracted and its grade (``correct``, ``wrong``,
+``no_answer``, ``echo``, ...), advantage and, for LamPO, the response's row of pair weights; each
+prompt carries its reference answer:
 
 - to TensorBoard as markdown text (tag ``samples/prompt_<i>``, at the step of the rollout);
 - to ``<dirpath>/samples.jsonl``, one JSON object per prompt and step (appended, flushed).
@@ -34,6 +36,8 @@ def prompt_records(record: StepRecord, num_prompts: int) -> list[dict[str, Any]]
         responses = [
             {
                 "text": record.texts[i],
+                "extracted": record.extracted[i] if record.extracted else None,
+                "grade": record.grades[i] if record.grades else None,
                 "reward": record.rewards[i],
                 "components": {name: values[i] for name, values in record.components.items()},
                 "advantage": record.advantages[i],
@@ -46,6 +50,7 @@ def prompt_records(record: StepRecord, num_prompts: int) -> list[dict[str, Any]]
                 "step": record.step,
                 "problem_id": record.problem_ids[b],
                 "prompt": record.prompts[b],
+                "answer": record.answers[b],
                 "responses": responses,
             }
         )
@@ -54,9 +59,12 @@ def prompt_records(record: StepRecord, num_prompts: int) -> list[dict[str, Any]]
 
 def to_markdown(sample: dict[str, Any]) -> str:
     """One prompt and its responses as markdown (code blocks keep the texts' own newlines intact)."""
-    lines = [f"**step {sample['step']}, problem `{sample['problem_id']}`**", "", "```", sample["prompt"], "```"]
+    lines = [f"**step {sample['step']}, problem `{sample['problem_id']}`, reference answer `{sample['answer']}`**",
+             "", "```", sample["prompt"], "```"]
     for j, r in enumerate(sample["responses"]):
         parts = [f"reward {r['reward']:.3f}", f"advantage {r['advantage']:+.3f}"]
+        if r["grade"] is not None:
+            parts.insert(0, f"{r['grade']} (extracted `{r['extracted']}`)")
         parts += [f"{name} {value:.3f}" for name, value in r["components"].items()]
         if r["pair_weights"] is not None:
             parts.append("pair weights [" + ", ".join(f"{w:.2f}" for w in r["pair_weights"]) + "]")

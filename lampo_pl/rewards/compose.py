@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from lampo_pl.data.record import Problem
@@ -59,38 +59,47 @@ class RewardBatch:
         diagnostics: Counts for the logs (``math_timeouts``, ``math_parse_failures``,
             ``math_no_answer``, ``math_echoes``, ``math_errors``, ``choice_no_answer``,
             ``density_missing_solution``).
+        extracted: The final answer the grader read from each response (``None``: none). [N]
+        grades: Why each correctness value is what it is: ``correct``, ``wrong``, ``no_answer``,
+            ``echo``, ``parse_failure``, ``timeout``, ``error`` (``MathGrades.status``).   [N]
+        Both are empty where a caller scores without the graders (scripted rewards in tests).
     """
 
     total: list[float]
     components: dict[str, list[float]]
     correct: list[float]
     diagnostics: dict[str, float]
+    extracted: list[str | None] = field(default_factory=list)
+    grades: list[str] = field(default_factory=list)
 
 
 def _correctness(
     responses: Sequence[str], problems: Sequence[Problem], timeout_s: float
-) -> tuple[list[float], dict[str, float]]:
+) -> tuple[list[float], dict[str, float], list[str | None], list[str]]:
     kinds = {problem.kind for problem in problems}
     if not kinds <= {"math", "choice"}:
         raise ValueError(f"unknown problem kind(s) {sorted(kinds - {'math', 'choice'})}; valid: math, choice")
     correct = [0.0] * len(responses)
+    extracted: list[str | None] = [None] * len(responses)
+    grades = ["error"] * len(responses)
     diagnostics: dict[str, float] = {}
     math_idx = [i for i, p in enumerate(problems) if p.kind == "math"]
     choice_idx = [i for i, p in enumerate(problems) if p.kind == "choice"]
     if math_idx:
-        grades = grade_math(
+        math_grades = grade_math(
             [responses[i] for i in math_idx], [problems[i].answer for i in math_idx], timeout_s=timeout_s
         )
-        for i, score in zip(math_idx, grades.scores, strict=True):
-            correct[i] = score
-        diagnostics.update(grades.diagnostics())
+        for j, i in enumerate(math_idx):
+            correct[i], extracted[i], grades[i] = math_grades.scores[j], math_grades.extracted[j], math_grades.status[j]
+        diagnostics.update(math_grades.diagnostics())
     if choice_idx:
         letters = [problems[i].answer for i in choice_idx]
         choice_grades = grade_choice([responses[i] for i in choice_idx], letters)
-        for i, score in zip(choice_idx, choice_grades.scores, strict=True):
-            correct[i] = score
+        for j, i in enumerate(choice_idx):
+            correct[i], extracted[i] = choice_grades.scores[j], choice_grades.extracted[j]
+            grades[i] = "no_answer" if extracted[i] is None else "correct" if correct[i] else "wrong"
         diagnostics.update(choice_grades.diagnostics())
-    return correct, diagnostics
+    return correct, diagnostics, extracted, grades
 
 
 def score_responses(
@@ -127,7 +136,7 @@ def score_responses(
             raise ValueError(f"unknown reward {name!r}; valid rewards: {', '.join(REWARD_NAMES)}")
     if len(set(names)) != len(names):
         raise ValueError(f"each reward may appear once, got {names}")
-    correct, diagnostics = _correctness(responses, problems, timeout_s)
+    correct, diagnostics, extracted, grades = _correctness(responses, problems, timeout_s)
     components: dict[str, list[float]] = {}
     for name in names:
         if name == "correctness":
@@ -147,4 +156,4 @@ def score_responses(
         sum((w * components[name][i] for name, w in weights if not math.isnan(components[name][i])), 0.0)
         for i in range(len(responses))
     ]
-    return RewardBatch(total, components, correct, diagnostics)
+    return RewardBatch(total, components, correct, diagnostics, extracted, grades)
