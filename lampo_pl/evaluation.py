@@ -122,12 +122,15 @@ class Graded:
         majority: [P] 1.0 where the majority answer (``majority_vote``) is right.
         grader_failures: Samples the grader could not judge (math-verify timed out or failed) and
             scored 0: not the model's doing, so a score with any is reported with their count.
+        responses: [P][k] each sample as ``{"text", "extracted", "grade"}``: what was graded, the answer the
+            grader read (``None``: none) and why it scored what it did (``MathGrades.status``).
     """
 
     correct: list[list[float]] = field(default_factory=list)
     truncated: list[list[bool]] = field(default_factory=list)
     majority: list[float] = field(default_factory=list)
     grader_failures: int = 0
+    responses: list[list[dict[str, str | None]]] = field(default_factory=list)
 
     def extend(self, other: Graded) -> None:
         """Append another batch's problems."""
@@ -135,6 +138,7 @@ class Graded:
         self.truncated += other.truncated
         self.majority += other.majority
         self.grader_failures += other.grader_failures
+        self.responses += other.responses
 
 
 def grade(problems: Sequence[Problem], completions: Sequence[Sequence[Completion]], *,
@@ -153,9 +157,13 @@ def grade(problems: Sequence[Problem], completions: Sequence[Sequence[Completion
         if problem.kind == "choice":
             choices = grade_choice(texts, [problem.answer] * len(texts))
             scores, answers, same = choices.scores, choices.extracted, str.__eq__
+            read = answers
+            status = ["no_answer" if a is None else "correct" if s else "wrong" for a, s in zip(answers, scores,
+                                                                                             strict=True)]
         else:
             grades = grade_math(texts, [problem.answer] * len(texts), timeout_s=timeout_s)
             scores, same = grades.scores, equivalent
+            read, status = grades.extracted, list(grades.status)
             out.grader_failures += sum(status in ("timeout", "error") for status in grades.status)
             # Only answers math-verify could read vote (no answer, echoes, parse failures do not).
             answers = [v if s in ("correct", "wrong") else None for v, s in zip(grades.extracted, grades.status,
@@ -164,6 +172,8 @@ def grade(problems: Sequence[Problem], completions: Sequence[Sequence[Completion
         out.correct.append(list(scores))
         out.truncated.append([c.truncated for c in group])
         out.majority.append(0.0 if winner is None else scores[winner])
+        out.responses.append([{"text": t, "extracted": a, "grade": g} for t, a, g in zip(texts, read, status,
+                                                                                       strict=True)])
     return out
 
 

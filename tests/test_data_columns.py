@@ -144,7 +144,7 @@ def test_fit_one_step_on_the_readme_example(tmp_path: Path) -> None:
     run = tmp_path / "smoke" / "version_0"
     samples = [json.loads(line) for line in (run / "samples" / "samples.jsonl").read_text().splitlines()]
     assert samples and all(sample["problem_id"].startswith("sums-") for sample in samples)  # trained on the file
-    (result,) = json.loads((run / "eval" / "end_step1.json").read_text())["results"]
+    (result,) = json.loads((run / "eval" / "end_policy_step1_k2.json").read_text())["results"]
     assert (result["name"], result["num_problems"]) == ("my_sums_test", 6)
     assert list(result["per_problem"]) == [f"my_sums_test-{i}" for i in range(6)]
     assert list(result["breakdown"]) == ["level=1"]  # the mapped metadata column

@@ -67,9 +67,8 @@ def validate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -> tu
         *extra,
     ]
     cli = cli_mod.build_cli(args)
-    files = list(Path(cli.trainer.log_dir).glob("eval/validate_step*.json"))
-    assert len(files) == 1
-    return json.loads(files[0].read_text()), dict(cli.trainer.callback_metrics)
+    newest = max(Path(cli.trainer.log_dir).glob("eval/validate_*.json"), key=lambda p: p.stat().st_mtime_ns)
+    return json.loads(newest.read_text()), dict(cli.trainer.callback_metrics)
 
 
 def test_validate_policy_base_and_adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, adapter_dir: Path) -> None:
@@ -92,6 +91,30 @@ def test_validate_policy_base_and_adapter(tmp_path: Path, monkeypatch: pytest.Mo
     assert saved["model"]["target"] == str(adapter_dir)
     assert saved["model"]["adapter_sha256"] == adapter_dir.joinpath("sha256").read_text()  # those very weights
     assert saved["model"]["adapter_sha256"] != policy["model"]["adapter_sha256"]
+
+    # Issue 25 item 3: each evaluation keeps its own file and config, named for what was evaluated.
+    again, _ = validate(tmp_path, monkeypatch)
+    assert again["results"] == policy["results"]  # the same weights and seed: the same numbers, in a new file
+    folder = tmp_path / "runs" / "smoke" / "validate"
+    names = sorted(p.name for p in (folder / "eval").iterdir())
+    assert names == ["validate_adapter_step0_k2.json", "validate_base_step0_k2.json",
+                     "validate_policy_step0_k2.json", "validate_policy_step0_k2_2.json"]
+    first = json.loads((folder / "eval" / "validate_policy_step0_k2.json").read_text())
+    assert first["model"] == policy["model"] and first["results"] == policy["results"]  # not overwritten
+    assert sorted(p.name for p in folder.glob("config*.yaml")) == ["config.yaml", "config_2.yaml", "config_3.yaml",
+                                                                   "config_4.yaml"]
+    assert "base_model: true" in (folder / "config_2.yaml").read_text()
+
+    # Item 8: the protocol recorded is the one used; the responses, their answers and grades are kept.
+    used = policy["protocol"]["synthetic"]
+    assert (used["temperature"], used["top_p"], used["max_new_tokens"]) == (0.6, 0.95, 16)
+    assert used["from_settings"] == ["max_new_tokens"] and used["published"]["max_new_tokens"] == 512
+    rows = policy["responses"]["synthetic"]
+    assert [row["id"] for row in rows] == list(result["per_problem"]) and all(row["answer"] for row in rows)
+    assert [sum(s["grade"] == "correct" for s in row["responses"]) for row in rows] == list(
+        result["per_problem"].values())
+    assert all(len(row["responses"]) == 2 and set(row["responses"][0]) == {"text", "extracted", "grade"}
+               for row in rows)
 
 
 def test_fit_rejects_evaluation_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,7 +182,7 @@ def test_trainer_test_runs_the_evaluation(tmp_path: Path) -> None:
         default_root_dir=tmp_path,
     )
     (metrics,) = trainer.test(module, datamodule=data, verbose=False)
-    record = json.loads((tmp_path / "test_step0.json").read_text())
+    record = json.loads((tmp_path / "test_policy_step0_k2.json").read_text())
     assert record["tag"] == "test" and record["results"][0]["num_samples"] == 6
     assert metrics["eval/synthetic/avg@2"] == record["results"][0]["avg_at_k"]
     assert metrics.keys() >= {"eval/synthetic/pass@1", "eval/synthetic/pass@2"}
@@ -219,13 +242,14 @@ def tiny_validate(tmp_path: Path, eval_batch_size: int, **callback: object) -> d
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[evaluation],
                         default_root_dir=tmp_path)
     trainer.validate(module, datamodule=data, verbose=False)
-    return json.loads((out / "validate_step0.json").read_text())
+    return json.loads((out / f"validate_policy_step0_k{evaluation.k}.json").read_text())
 
 
 def test_numbers_do_not_depend_on_the_loaders_batch_size(tmp_path: Path) -> None:
     # Lightning hands batches of 1 or of 4; the sampler gets 3 problems per call either way (batch_size=3).
-    one, four = tiny_validate(tmp_path, 1), tiny_validate(tmp_path, 4)
+    one, four = tiny_validate(tmp_path, 1), tiny_validate(tmp_path, 4, responses_max_mb=0)
     assert one["results"][0]["num_problems"] == 12
+    assert len(one["responses"]["synthetic"]) == 12 and four["responses"] is None  # 0: keep no responses
     assert 0 < one["results"][0]["avg_at_k"] < 1  # not a trivial all-wrong (or all-right) run
     assert one["results"] == four["results"]
 

@@ -10,8 +10,11 @@ functions of ``lampo_pl.evaluation`` (``sample_and_grade``, then ``summarise`` p
 What is written per evaluation: a table (through Lightning's logger, ``rank_zero_info``, so that it
 never fights a progress bar over stdout in Jupyter); ``eval/<set>/avg@k``, ``pass@j``, ``maj@k``,
 ``truncated`` and breakdown scalars plus the table as text to the loggers (TensorBoard); and
-``<output_dir>/<tag>_step<N>.json`` with the numbers, the evaluation and sampling settings and the
-model's identity (name, which adapter, a SHA-256 of its weights, the checkpoint it came from).
+``<output_dir>/<tag>_<policy|base|adapter>_step<N>_k<k>.json`` with the numbers, the evaluation and
+sampling settings as used, the model's identity (name, which adapter, a SHA-256 of its weights, the
+checkpoint it came from) and, below ``responses_max_mb``, every response with its reference answer,
+extracted answer and grade. A name already taken gets ``_2``, ``_3``, ...: no evaluation overwrites
+another (``lampo validate --adapter A`` then ``--base_model true``).
 
 Sampling draws from a private RNG stream seeded by ``seed``: an evaluation never changes what
 training samples next, and evaluating the same weights twice gives the same numbers.
@@ -88,6 +91,7 @@ class BenchmarkEvaluation(L.Callback):
         progress: bool = True,
         sampler: str | None = None,
         generation_batch_size: int | None = None,
+        responses_max_mb: float = 16.0,
     ) -> None:
         """Args:
         k: Samples per problem (lighteval's default is 1; maj@k needs k > 1).
@@ -110,6 +114,8 @@ class BenchmarkEvaluation(L.Callback):
             the evaluated adapter active; null: the native sampler (``native_sampler``).
         generation_batch_size: Rows per decode call of the native sampler while evaluating (its KV cache grows
             with rows × max_new_tokens; docs/evaluation.md); null: the module's ``generation_batch_size``.
+        responses_max_mb: Keep every response (text, extracted answer, grade) in the result JSON when their
+            texts total at most this many MB (UTF-8); above it only the numbers are kept. 0: never.
         """
         g = "BenchmarkEvaluation"  # checked when built, before anything loads: one line naming the setting
         require(isinstance(k, int) and k >= 1, g, "k", k, "an integer >= 1")
@@ -122,12 +128,15 @@ class BenchmarkEvaluation(L.Callback):
         require(batch_size >= 1, g, "batch_size", batch_size, ">= 1")
         require(generation_batch_size is None or generation_batch_size >= 1, g, "generation_batch_size",
                 generation_batch_size, "null or >= 1")
+        require(finite(responses_max_mb) and responses_max_mb >= 0, g, "responses_max_mb", responses_max_mb,
+                ">= 0 (0: keep no responses)")
         self.k, self.temperature, self.top_p, self.max_new_tokens = k, temperature, top_p, max_new_tokens
         self.enable_thinking, self.target = enable_thinking, target
         self.every_n_steps, self.at_start, self.at_end = every_n_steps, at_start, at_end
         self.limit, self.batch_size, self.seed = limit, batch_size, seed
         self.output_dir, self.progress, self.sampler = output_dir, progress, sampler
         self.generation_batch_size = generation_batch_size
+        self.responses_max_mb = responses_max_mb
         self.history: list[dict[str, Any]] = []
         self._checkpoint_step: int | None = None
         self._session: ExitStack | None = None  # the open evaluation: the evaluated adapter
@@ -282,19 +291,41 @@ class BenchmarkEvaluation(L.Callback):
             "model": self._identity,
             "evaluation": self.settings(),
             "sampling": {name: asdict(self.sampling(pl_module, name)) for name in self._sets},
-            "protocol": {name: asdict(protocol(name)) for name in self._sets},
+            "protocol": {name: self.protocol_used(pl_module, name) for name in self._sets},
             "enable_thinking": enable_thinking,
             "hparams": _jsonable(dict(pl_module.hparams)),
             "data": _jsonable(dict(trainer.datamodule.hparams)) if trainer.datamodule is not None else None,
             "results": [asdict(r) for r in results],
+            "responses": self.kept_responses(),
         }
         self.history.append(record)
         self.report(trainer, record, results)
         return results
 
+    def protocol_used(self, pl_module: Any, name: str) -> dict[str, Any]:
+        """The sampling protocol as used for set ``name``: each value, and whether it is the benchmark's published
+        one or this evaluation's setting (the published protocol is kept beside it for comparison)."""
+        used, published = self.sampling(pl_module, name), protocol(name)
+        own = {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens}
+        return {
+            **{key: getattr(used, key) for key in own},
+            "from_settings": sorted(key for key, value in own.items() if value is not None),
+            "published": asdict(published),
+        }
+
+    def kept_responses(self) -> dict[str, list[dict[str, Any]]] | None:
+        """Per set, each problem's reference answer and graded responses; ``None`` above ``responses_max_mb``."""
+        kept = {
+            name: [{"id": p.id, "answer": p.answer, "responses": r} for p, r in zip(problems, graded.responses,
+                                                                                  strict=True)]
+            for name, (problems, graded) in self._sets.items()
+        }
+        size = sum(len((s["text"] or "").encode()) for rows in kept.values() for row in rows for s in row["responses"])
+        return kept if 0 < self.responses_max_mb and size <= self.responses_max_mb * 2**20 else None
+
     def settings(self) -> dict[str, Any]:
         names = ("k", "temperature", "top_p", "max_new_tokens", "enable_thinking", "limit", "batch_size", "seed",
-                 "target", "sampler", "generation_batch_size")
+                 "target", "sampler", "generation_batch_size", "responses_max_mb")
         return {name: getattr(self, name) for name in names}
 
     # ---- where -------------------------------------------------------------------------------------
@@ -314,7 +345,22 @@ class BenchmarkEvaluation(L.Callback):
         rank_zero_info(f"\nevaluation ({tag}, {target}, step {step}, {record['seconds']:.1f} s)\n{table}")
         out = Path(self.output_dir or Path(trainer.log_dir or ".") / "eval")
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / f"{tag}_step{step}.json", json.dumps(record, indent=2))  # never half a file
+        path = free_path(out / f"{tag}_{target_label(target)}_step{step}_k{self.k}.json")
+        write_text_atomic(path, json.dumps(record, indent=2))  # never half a file
+        rank_zero_info(f"evaluation written to {path}")
+
+
+def target_label(target: str) -> str:
+    """``policy``, ``base`` or ``adapter`` (a folder): what was evaluated, for the result's file name."""
+    return target if target in ("policy", "base") else "adapter"
+
+
+def free_path(path: Path) -> Path:
+    """``path`` or, when it exists, the first free ``<stem>_2<suffix>``, ``_3``, ... (never over a result)."""
+    n, free = 2, path
+    while free.exists():
+        free, n = path.with_name(f"{path.stem}_{n}{path.suffix}"), n + 1
+    return free
 
 
 def set_name(trainer: L.Trainer, dataloader_idx: int) -> str:
