@@ -34,6 +34,7 @@ from lampo_pl.data.datamodule import ProblemDataModule
 from lampo_pl.errors import UserError
 from lampo_pl.module import LamPOModule
 from lampo_pl.policy import check_adapter_folder, check_model_available
+from lampo_pl.startup_checks import check_accelerator
 
 TRAINER_DEFAULTS = {
     "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}},
@@ -101,6 +102,7 @@ class LamPOCLI(LightningCLI):
         parser.add_class_arguments(EvalOverrides)  # top-level --adapter, --base_model, --k, --limit
 
     def before_instantiate_classes(self) -> None:
+        check_accelerator(self.config[self.subcommand].get("trainer") or {})  # before Lightning's 43-line refusal
         if self.subcommand in ("validate", "test"):
             _fixed_log_version(self.config[self.subcommand], self.subcommand)
         if self.subcommand == "fit":

@@ -52,6 +52,7 @@ from transformers import (
 from lampo_pl.errors import UserError
 from lampo_pl.lora_merge import branches_off, is_plain_lora, lora_layers
 from lampo_pl.packaged import build_cached, cache_root, gguf_model_dir, packaged_model_dir
+from lampo_pl.startup_checks import check_hub_reachable
 from lampo_pl.tiny import TINY_VERSION, TinyArch, save_tiny
 from lampo_pl.tiny_sft import SFT_ARGS, SFT_VERSION, save_tiny_sft
 
@@ -143,6 +144,8 @@ def check_model_available(name: str) -> None:
     if offline and not isinstance(try_to_load_from_cache(name, "config.json"), str):
         raise UserError(f"model.model={name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
                         "download it once online, or give a local folder")
+    if not offline:
+        check_hub_reachable(name)  # seconds, instead of a minute of retries and a traceback on an offline machine
 
 
 def _torch_dtype(dtype: str) -> torch.dtype:
