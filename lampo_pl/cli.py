@@ -102,7 +102,8 @@ class LamPOCLI(LightningCLI):
         parser.add_class_arguments(EvalOverrides)  # top-level --adapter, --base_model, --k, --limit
 
     def before_instantiate_classes(self) -> None:
-        check_accelerator(self.config[self.subcommand].get("trainer") or {})  # before Lightning's 43-line refusal
+        config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
+        check_accelerator(config.get("trainer") or {})  # before Lightning's 43-line refusal
         if self.subcommand in ("validate", "test"):
             _fixed_log_version(self.config[self.subcommand], self.subcommand)
         if self.subcommand == "fit":

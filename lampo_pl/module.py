@@ -148,9 +148,9 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         """Chat prompts of ``problems``; ``enable_thinking`` overrides the prompt settings' (evaluation's own)."""
         p = self.prompt
         thinking = p.enable_thinking if enable_thinking is None else enable_thinking
-        few_shot = one_shot_example() if p.one_shot else ()
+        few_shot = one_shot_example(p.instruction_or_none) if p.one_shot else ()
         return [render_prompt(self.tokenizer, q, system_prompt=p.system_prompt, enable_thinking=thinking,
-                              few_shot=few_shot) for q in problems]
+                              few_shot=few_shot, instruction=p.instruction_or_none) for q in problems]
 
     # ---- the step -------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from lampo_pl.advantages import AdvantageScale, ConfidenceScore, Estimator
+from lampo_pl.data.prompting import DEFAULT_INSTRUCTION
 from lampo_pl.errors import UserError
 from lampo_pl.losses import H_MIN, R_LEN, AggregationMode, KLEstimator
 from lampo_pl.rewards.custom import CustomReward
@@ -282,8 +283,21 @@ class PromptArgs:
         system_prompt: System message; null keeps the chat template's default.
         enable_thinking: Passed to chat templates that support it (Qwen3); null: template default.
         one_shot: Prepend a worked example as a user/assistant turn (teaches small models the format).
+        instruction: Appended to each question after a blank line. The default is the math benchmarks' published
+            one (DeepSeek-R1, DAPO, Dr. GRPO; multiple-choice sets ask for the letter instead); "" appends
+            nothing. Problems given as chat ``messages`` are rendered verbatim, without it.
     """
 
     system_prompt: str | None = None
     enable_thinking: bool | None = None
     one_shot: bool = False
+    instruction: str = DEFAULT_INSTRUCTION
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.instruction, str), "model.prompt", "instruction", self.instruction,
+                'text ("" for none)')
+
+    @property
+    def instruction_or_none(self) -> str | None:
+        """The instruction as ``render_prompt`` takes it (``None``: none)."""
+        return self.instruction or None

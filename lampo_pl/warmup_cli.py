@@ -83,9 +83,9 @@ def run_warmup(run: WarmupRun) -> tuple[Path, list[float]]:
         attn_implementation=lo.attn_implementation,
     )
     p = run.prompt
-    few_shot = one_shot_example() if p.one_shot else ()  # the RL run's own example: both see the same prompt
+    few_shot = one_shot_example(p.instruction_or_none) if p.one_shot else ()  # the RL run's own: the same prompt
     prompts = [render_prompt(tokenizer, q, system_prompt=p.system_prompt, enable_thinking=p.enable_thinking,
-                             few_shot=few_shot) for q in problems]
+                             few_shot=few_shot, instruction=p.instruction_or_none) for q in problems]
     every = max(1, run.warmup.steps // 10)
 
     def report(step: int, loss: float) -> None:

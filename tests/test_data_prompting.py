@@ -91,3 +91,43 @@ def test_other_templates_ignore_enable_thinking(qwen3: Any, monkeypatch: pytest.
 def test_few_shot_needs_a_solution() -> None:
     with pytest.raises(ValueError, match="no solution"):
         few_shot_pairs([PROBLEM])
+
+
+def test_the_instruction_is_a_setting(qwen3: Any) -> None:
+    """Issue 25 item 7: ``model.prompt.instruction`` (default the published one; "" for none), one-shot turn too."""
+    from lampo_pl.module import LamPOModule
+    from lampo_pl.settings import PromptArgs
+
+    def rendered(**prompt: Any) -> str:
+        module = LamPOModule(model="tiny:qwen3", group_size=4, prompts_per_step=2, prompt=PromptArgs(**prompt))
+        module.tokenizer = qwen3  # the model itself is not needed to render
+        return module.render([PROBLEM])[0]
+
+    assert f"What is 3 + 5?\n\n{DEFAULT_INSTRUCTION}<|im_end|>" in rendered()
+    assert "What is 3 + 5?<|im_end|>" in rendered(instruction="")
+    assert "What is 3 + 5?\n\nAnswer with a number.<|im_end|>" in rendered(instruction="Answer with a number.")
+    assert DEFAULT_INSTRUCTION not in rendered(instruction="", one_shot=True)  # the worked example asks as the run does
+    assert rendered(instruction="", one_shot=True).count("<|im_start|>user") == 2
+
+
+def test_a_messages_column_maps_like_the_others(tmp_path: Path, qwen3: Any) -> None:
+    """Issue 25 item 7: TRL's conversational ``prompt`` column (a list of {role, content}) through ColumnMapping."""
+    import json
+
+    from lampo_pl.data import ColumnMapping, load_problems
+
+    rows = [{"prompt": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "What is 2+3?"}],
+             "solution": "5"},
+            {"prompt": "not a conversation", "solution": "1"}]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows[:1]))
+    columns = ColumnMapping(messages="prompt", answer="solution")
+    (problem,) = load_problems("chat", source=str(path), columns=columns)
+    assert problem.prompt == "What is 2+3?" and problem.answer == "5"  # rewards get the user's question
+    assert problem.messages == tuple(rows[0]["prompt"])
+    text = render_prompt(qwen3, problem)
+    assert text == "<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nWhat is 2+3?<|im_end|>\n" \
+                   "<|im_start|>assistant\n"  # verbatim: no instruction appended
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(ValueError, match=r"line 2: malformed field 'prompt': expected a list of \{role, content\}"):
+        load_problems("chat", source=str(path), columns=columns)

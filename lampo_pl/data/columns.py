@@ -18,11 +18,18 @@ Cobbe et al. 2021), ``boxed`` is MATH's (``rewards.extraction.last_boxed``: the 
 (numbers as written, ``42.0`` -> ``"42"``). When ``solution`` names the answer column itself,
 ``gsm8k`` keeps the text before ``####`` without calculator annotations, as the GSM8K set does.
 A bad row names the file, its line (or row) and the column, like the built-in sets.
+
+A conversational column (TRL's conversational ``prompt``: a list of ``{"role", "content"}`` messages)
+maps with ``messages: <column>``: the conversation is rendered verbatim through the chat template
+(no instruction appended) and its last user message is the problem's ``prompt`` (what reward
+functions get as ``prompts``); ``question`` is then not needed::
+
+    train_columns: {messages: prompt, answer: solution, extract: boxed}
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +41,7 @@ from lampo_pl.rewards.extraction import last_boxed
 
 Extract = Literal["as_is", "gsm8k", "boxed"]
 CHOICE_LETTERS = "ABCD"  # what the choice grader accepts (lampo_pl/rewards/choice.py)
+CHAT_ROLES = ("system", "user", "assistant")
 
 
 @dataclass(frozen=True)
@@ -41,7 +49,7 @@ class ColumnMapping:
     r"""Which columns of your own data are the question, the answer, the solution and the id.
 
     Attributes:
-        question: The column with the question, used as the prompt.
+        question: The column with the question, used as the prompt (unless ``messages`` is set).
         answer: The column the reference answer is read from (see ``extract``).
         extract: How the answer is read from its column: ``as_is`` (the text), ``gsm8k`` (after
             the last ``####``, commas removed) or ``boxed`` (the content of the last ``\boxed{}``).
@@ -54,6 +62,8 @@ class ColumnMapping:
             evaluation results down.
         kind: ``math`` (graded by math-verify) or ``choice`` (the answer is a letter A-D and the
             question already lists the lettered choices).
+        messages: A column holding the prompt as chat messages (a list of ``{"role", "content"}``,
+            roles system/user/assistant; TRL's conversational format), rendered verbatim; ``None``: none.
         config: The Hub config (Hub datasets only).
         split: The Hub split (Hub datasets only); for the training set ``train_split`` overrides it.
     """
@@ -67,6 +77,7 @@ class ColumnMapping:
     kind: ProblemKind = "math"
     config: str | None = None
     split: str = "train"
+    messages: str | None = None
 
     def __post_init__(self) -> None:
         if self.extract not in ("as_is", "gsm8k", "boxed"):
@@ -86,9 +97,11 @@ class ColumnMapping:
 
         def to_problem(row: Row, at: RowInfo) -> Problem:
             answer, solution = self.answer_and_solution(row)
+            messages = chat_column(row, self.messages) if self.messages else ()
             return Problem(
                 id=required_text(row, self.id) if self.id else f"{name}-{at.index}",
-                prompt=required_text(row, self.question),
+                prompt=last_user_content(messages) if messages else required_text(row, self.question),
+                messages=messages,
                 answer=answer,
                 solution=solution,
                 kind=self.kind,
@@ -113,3 +126,28 @@ class ColumnMapping:
         if self.kind == "choice" and (len(answer) != 1 or answer.upper() not in CHOICE_LETTERS):
             raise BadRowError(f"malformed field {self.answer!r}: expected a letter of {CHOICE_LETTERS}, got {answer!r}")
         return (answer.upper() if self.kind == "choice" else answer), solution
+
+
+def chat_column(row: Row, column: str) -> tuple[dict[str, str], ...]:
+    """The conversation in ``row[column]``: ``{"role", "content"}`` dicts, roles system/user/assistant, with a user
+    turn; a bad one is a ``BadRowError`` naming the column and the message's index."""
+    value = row.get(column) if isinstance(row, Mapping) else None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise BadRowError(f"malformed field {column!r}: expected a list of {{role, content}} messages, got "
+                          f"{type(value).__name__ if value is not None else 'nothing'}")
+    messages = []
+    for i, message in enumerate(value):
+        role = message.get("role") if isinstance(message, Mapping) else None
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if role not in CHAT_ROLES or not isinstance(content, str):
+            raise BadRowError(f"malformed field {column!r}: message {i} must be {{role: system|user|assistant, "
+                              f"content: text}}, got {message!r}"[:300])
+        messages.append({"role": role, "content": content})
+    if not any(m["role"] == "user" for m in messages):
+        raise BadRowError(f"malformed field {column!r}: no user message")
+    return tuple(messages)
+
+
+def last_user_content(messages: Sequence[Mapping[str, str]]) -> str:
+    """The last user message's text (the problem's ``prompt`` for rewards and logs)."""
+    return next(m["content"] for m in reversed(messages) if m["role"] == "user").strip()

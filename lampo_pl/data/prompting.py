@@ -101,11 +101,11 @@ def few_shot_pairs(problems: Sequence[Problem], instruction: str | None = DEFAUL
 
 
 @functools.cache
-def one_shot_example() -> tuple[tuple[str, str], ...]:
+def one_shot_example(instruction: str | None = DEFAULT_INSTRUCTION) -> tuple[tuple[str, str], ...]:
     """One worked synthetic word problem as a (user, assistant) chat turn, from a split never trained on.
 
     Measured with the packaged SmolLM2-135M-Instruct (shared docs/ENVIRONMENT.md): asked zero-shot
     for ``\\boxed{}`` it uses it in 1 response of 10; after one worked example in 8 of 10, and
-    single-digit accuracy rises from ~54% to ~86%.
+    single-digit accuracy rises from ~54% to ~86%. Its user turn ends with ``instruction``, as the problems' do.
     """
-    return tuple(few_shot_pairs(generate_synthetic(1, levels=(3,), split="fewshot")))
+    return tuple(few_shot_pairs(generate_synthetic(1, levels=(3,), split="fewshot"), instruction))
