@@ -209,3 +209,44 @@ def test_identical_pairs_are_verified_once(private_verifier: MathVerifier) -> No
     grades = grade_math(["\\boxed{2}"] * 8 + ["The answer is 2."] * 8, ["2"] * 16, verifier=private_verifier)
     assert grades.scores == [1.0] * 16
     assert calls == [1]  # both forms extract "2": one (value, reference) pair
+
+
+# Issue 25 item 9: unboxed answers. (response, extracted value, rule). The published graders' readings of
+# these are in the extraction module's docstring; a last-number rule (Qwen2.5-Math's fallback, lm-eval's
+# gsm8k flexible-extract) would read 9, 20, 7 and 3 in the first four rows.
+UNBOXED = [
+    ("6 + 9 = 15, which is the sum of both 6 and 9.", "15", "equation"),
+    ("10 + 20 = 20.", "20", "equation"),  # graded on what it states: its result, not its (wrong) arithmetic
+    ("Therefore the result is 7.", "7", "anchor"),
+    ("We get x = 12 after dividing by 3.", "12", "equation"),
+    ("First 3 * 4 = 12, then 12 + 5 = 17 apples in total.", "17", "equation"),
+    ("So $6 + 9 = 15$ and we are done", "15", "equation"),
+    ("Hence $x = \\frac{1}{2}$ is the root", "\\frac{1}{2}", "equation"),
+    ("She pays 3 * 5 = $15 for them.", "15", "equation"),
+    ("The total is 1,000 + 234 = 1,234 marbles", "1234", "equation"),
+    ("3 + 4 = 7. The answer is 8.", "8", "anchor"),  # an answer statement beats an equation
+    ("3 + 4 = 7, so the answer is \\boxed{7}. Then 1 + 1 = 2", "7", "boxed"),  # a box beats both
+    ("The final result of 3 + 4 is 7", "7", "anchor"),
+    ("The result of 21 - 11.", None, None),  # no statement of a value
+    ("We need x >= 3 and y <= 4 here, no more.", None, None),  # inequalities are not equations
+    ("Compare a == b to decide", None, None),
+    ("6 + 9 = 6 + 9", "6 + 9", "equation"),  # an echo: graded 0 by the echo rule
+    ("7 + 7 = 14", "14", "equation"),
+]
+
+
+@pytest.mark.parametrize(("response", "value", "source"), UNBOXED, ids=[row[0][:40] for row in UNBOXED])
+def test_unboxed_answers_prefer_a_statement_or_final_equation(response: str, value: str | None,
+                                                              source: str | None) -> None:
+    assert extract_math_answer(response) == (value, source)
+
+
+def test_unboxed_answers_are_graded_as_the_issue_asks() -> None:
+    """The demo's own samples (issue 25 item 9), through math-verify."""
+    responses = [row[0] for row in UNBOXED[:4]] + ["6 + 9 = 6 + 9"]
+    grades = grade_math(responses, ["15", "20", "7", "12", "15"])
+    assert grades.scores == [1.0, 1.0, 1.0, 1.0, 0.0]
+    assert grades.status[-1] == "echo"
+    from lampo_pl.rewards.format import format_reward
+
+    assert format_reward([responses[0], "6 + 9 = \\boxed{15}"], thinking=False) == [0.0, 1.0]  # \boxed{} still pays

@@ -13,15 +13,34 @@ value wins:
    its answer) there is **no answer**: no earlier box and no fallback rule stands in for it, so
    ``\\boxed{12`` scores 0 (issue 12 item 4).
 2. **Anchored statement**, anchors searched from the end of the text: "final answer ...",
-   "the / my / our / correct answer ...", "Answer:", and GSM8K's "####". The value is what
+   "the / my / our / correct answer ...", "the / final result ...", "Answer:", and GSM8K's "####".
+   The value is what
    follows the first *is*, *are*, *equals*, ``:`` or ``=`` after the anchor ("####" needs none,
    nor does a "**Final Answer**" heading followed by a new line or by math), up to the end of
    that sentence, or the math environment (``$...$``, ``\\[...\\]``) that follows; then a
    trailing clause (", which ...", " because ...") is cut and only what follows the last
    remaining *is* is kept. So "the answer to 21 - 11 is 10" gives "10", never "21 - 11", and
-   "The answer to 21 - 11." gives nothing.
-3. **Bare answer**: the whole answer part is one short line that reads as math, not prose
-   ("14", "$\\frac12$", "x = 5"). There is deliberately no "last number in the text" rule.
+   "The answer to 21 - 11." gives nothing. ("Therefore the result is 7." gives "7", issue 25 item 9.)
+3. **Final equation**: the right-hand side of the last ``=`` (not ``<=``, ``>=``, ``!=``, ``==``)
+   that yields a value, up to the end of its sentence, math environment or trailing clause: that
+   side when it reads as math ("6 + 9 = 15, which is the sum of 6 and 9" gives "15",
+   "$x = \\frac{1}{2}$" gives "\\frac{1}{2}"), else the number it starts with ("We get x = 12
+   after dividing by 3." gives "12", where a last-number rule reads 3). An equation is graded on
+   what it states: "10 + 20 = 20." gives "20" (its arithmetic is wrong, its stated result is what
+   a reader takes as the answer, and what every grader below reads too).
+4. **Bare answer**: the whole answer part is one short line that reads as math, not prose
+   ("14", "$\\frac12$", "7 + 7").
+
+There is deliberately no "last number in the text" rule: it grades echoes of the question and
+intermediate values (ENVIRONMENT.md, "Pitfalls seen"). The order follows the published graders, which all put a box
+first and an answer statement next: Qwen2.5-Math ``evaluation/parser.py`` ``extract_answer``
+(``\\boxed``, then "he answer is", then "final answer is", then the last number);
+lm-evaluation-harness ``minerva_math`` ("Final Answer: The final answer is ... I hope it is
+correct.") and ``gsm8k`` (strict "#### N", flexible: the last number); OpenAI simple-evals
+``math_eval.py`` (``(?i)Answer\\s*:\\s*([^\\n]+)``); math-verify 0.9 ``parser.py``
+``make_expr_extraction_regexes`` ("final answer is" priority 0/50, "answer ... = value" after the
+last ``=`` 100/200, then any expression 300). Rule 3 is that last-``=`` rule of math-verify's,
+without its "answer" anchor, which lampo-pl's responses rarely write.
 
 Then the **echo rule** (`is_echo`): a value whose last right-hand side is unevaluated arithmetic
 on plain numbers ("7 + 7", "21 - 11", "3 \\cdot 4", "1/2 + 1/3") restates a computation instead
@@ -36,7 +55,7 @@ from typing import Literal, NamedTuple
 
 from lampo_pl.rewards.thinking import split_thinking
 
-ExtractionSource = Literal["boxed", "anchor", "bare"]
+ExtractionSource = Literal["boxed", "anchor", "equation", "bare"]
 
 # Bounds that keep extraction linear on adversarial (huge or repetitive) responses.
 _MAX_ANCHOR_TRIES = 16
@@ -50,6 +69,7 @@ _BOX_TOKEN_RE = re.compile(r"\s+([^\s$]+)")
 _ANCHOR_RE = re.compile(
     r"(?P<final>\bfinal\s+answer\b)"
     r"|\b(?:the|my|our|correct)\s+answer\b"
+    r"|\b(?:the|final)\s+result\b"
     r"|\banswer\b(?=[^\S\n]*(?:\*\*)?[^\S\n]*:)"
     r"|(?P<hash>####)",
     re.IGNORECASE,
@@ -68,6 +88,13 @@ _CLAUSE_RE = re.compile(
 )
 _LAST_IS_RE = re.compile(r".*\s(?:is|equals)\s", re.IGNORECASE | re.DOTALL)
 _LATEX_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
+# Rule 3: an equals sign of an equation (not <=, >=, !=, :=, ==); its right side ends like a sentence or
+# at a math delimiter; a currency sign in front of the number is dropped.
+_EQUALS_RE = re.compile(r"(?<![<>!=:])=(?!=)")
+_RHS_END_RE = re.compile(r"\n|[.?!;](?=\s|$)|(?<!\\)\$|\\\]|\\\)")
+_CURRENCY_RE = re.compile(r"^\s*\\?\$(?=\s*-?\d)")
+_LEADING_NUMBER_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,])|-?\d+(?:\.\d+)?")
+_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _PROSE_RE = re.compile(r"[A-Za-z]{3,}")
 
 # Echo rule: plain numbers joined by arithmetic operators, after LaTeX operators are rewritten.
@@ -156,6 +183,9 @@ def extract_math_answer(response: str) -> MathExtraction:
     anchored = _anchored_value(answer_part)
     if anchored:
         return MathExtraction(anchored, "anchor")
+    equation = _equation_value(answer_part)
+    if equation:
+        return MathExtraction(equation, "equation")
     bare = _bare_value(answer_part)
     if bare:
         return MathExtraction(bare, "bare")
@@ -190,13 +220,31 @@ def _value_after_separator(text: str) -> str | None:
     return _clean(sentence)
 
 
+def _equation_value(text: str) -> str | None:
+    """Rule 3: the right-hand side of the last equation that yields a value."""
+    signs = list(_EQUALS_RE.finditer(text))
+    for sign in reversed(signs[-_MAX_ANCHOR_TRIES:]):
+        rhs = _CURRENCY_RE.sub("", text[sign.end() : sign.end() + _ANCHOR_WINDOW])
+        rhs = _RHS_END_RE.split(rhs, maxsplit=1)[0]
+        value = _clean(_CLAUSE_RE.split(rhs, maxsplit=1)[0])
+        if value and _reads_as_math(value):
+            return value.replace(",", "") if _THOUSANDS_RE.fullmatch(value) else value
+        number = _LEADING_NUMBER_RE.match(value)  # "12 after dividing by 3", "17 apples"
+        if number is not None:
+            return number.group().replace(",", "")
+    return None
+
+
+def _reads_as_math(value: str) -> bool:
+    """Short, one line, a digit or a LaTeX command, and no prose word (LaTeX command names aside)."""
+    if len(value) > _MAX_BARE_CHARS or "\n" in value:
+        return False
+    return not _PROSE_RE.search(_LATEX_COMMAND_RE.sub(" ", value)) and re.search(r"[\d\\]", value) is not None
+
+
 def _bare_value(text: str) -> str | None:
     value = _clean(text)
-    if not value or len(value) > _MAX_BARE_CHARS or "\n" in value:
-        return None
-    if _PROSE_RE.search(_LATEX_COMMAND_RE.sub(" ", value)) or not re.search(r"[\d\\]", value):
-        return None
-    return value
+    return value if value and _reads_as_math(value) else None
 
 
 def _clean(value: str) -> str:
