@@ -26,6 +26,7 @@ from lampo_pl.advantages import AdvantageOutput, confidence_scores, estimate_adv
 from lampo_pl.data.prompting import one_shot_example, render_prompt
 from lampo_pl.data.record import Problem
 from lampo_pl.dynamic_sampling import Round, Sample, SamplingRounds, assemble, informative_groups
+from lampo_pl.errors import UserError
 from lampo_pl.evaluation_steps import EvaluationSteps
 from lampo_pl.logprobs import token_logprobs
 from lampo_pl.losses import BatchCounts, aggregate, batch_counts, clipped_policy_loss, sequence_coefficients
@@ -50,7 +51,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         self,
         model: str = "tiny:qwen3",
         group_size: int = 8,
-        prompts_per_step: int = 4,
+        prompts_per_step: int | None = None,
         lora: LoraArgs | None = None,
         sampling: SamplingParams | None = None,
         method: MethodArgs | None = None,
@@ -68,7 +69,9 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
             model: Hub id, local folder, ``packaged:smollm2-135m-instruct``, ``tiny:qwen3|phi3|llama`` or
                 ``tiny:qwen3-sft`` (warmed up on synthetic sums: the cheap ablation policy).
             group_size: G, responses sampled per prompt.
-            prompts_per_step: B, prompts per training step (linked from the data module).
+            prompts_per_step: B, prompts per training step; null: the data module's (``lampo fit`` links it from
+                ``data.prompts_per_step``; in Python give it to the data module only). Given to both and
+                different, it is refused when training starts.
             lora: Base-model loading and LoRA adapters.
             sampling: Rollout sampling (temperature, top-p, top-k, max new tokens).
             method: Advantage estimator, clipped loss, KL and aggregation.
@@ -97,7 +100,8 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         self.track_kl = track_kl
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold only the adapters and λ, never the frozen base
-        check_batch_shape(prompts_per_step, group_size, self.compute.micro_batch_size, self.method.num_iterations)
+        if prompts_per_step is not None:
+            check_batch_shape(prompts_per_step, group_size, self.compute.micro_batch_size, self.method.num_iterations)
         check_custom_rewards(self.reward_args.custom)  # an unknown import path fails here, before any model loads
         self.lam = nn.Parameter(torch.tensor(float(self.method.lambda_init))) if self.uses_lambda else None
         self.policy_model: nn.Module | None = None
@@ -121,6 +125,16 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         return self.sampling.temperature if self.sampling.temperature > 0 else 1.0
 
     # ---- set-up ---------------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        """Take B from the data module when it was not given (one place to set it), or refuse a different one."""
+        data_b = getattr(self.trainer.datamodule, "prompts_per_step", None) if self._trainer is not None else None
+        if stage != "fit":  # validate/test sample per evaluation batch: B only matters to training
+            self.prompts_per_step = self.prompts_per_step or data_b
+            return
+        self.prompts_per_step = batch_size_of(self.prompts_per_step, data_b)
+        check_batch_shape(self.prompts_per_step, self.group_size, self.compute.micro_batch_size,
+                          self.method.num_iterations)
 
     def configure_model(self) -> None:
         if self.policy_model is not None:
@@ -451,6 +465,16 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_steps = int(checkpoint.get("lampo_skipped_steps", 0))
+
+
+def batch_size_of(module_b: int | None, data_b: int | None) -> int:
+    """B of a run: the module's or the data module's, which must agree when both are given (``LamPOModule.setup``)."""
+    if module_b is not None and data_b is not None and module_b != data_b:
+        raise UserError(f"prompts_per_step: the module has {module_b} and the data module {data_b}; give it to the "
+                        "data module only (the module takes the data module's)")
+    if module_b is None and data_b is None:
+        raise UserError("prompts_per_step: neither the module nor the data module has one; give it to the data module")
+    return int(module_b if module_b is not None else data_b)  # type: ignore[arg-type]
 
 
 def check_batch_shape(prompts_per_step: int, group_size: int, micro_batch_size: int, num_iterations: int) -> None:

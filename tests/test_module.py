@@ -184,6 +184,20 @@ def test_batch_shape_is_checked_at_start_up() -> None:
         LamPOModule(model="tiny:qwen3", group_size=3, prompts_per_step=1, compute=ComputeArgs(micro_batch_size=2))
 
 
+def test_the_module_takes_prompts_per_step_from_the_data_module() -> None:
+    """Issue 25 item 10: B is given once (to the data module); a module given another one is refused."""
+    module = ScriptedReward(model="tiny:qwen3", group_size=4, compute=ComputeArgs(micro_batch_size=4),
+                            sampling=SamplingParams(temperature=1.0, max_new_tokens=8))
+    assert module.prompts_per_step is None
+    fit(module, steps=1)  # the data module's prompts_per_step=2
+    assert module.prompts_per_step == 2 and len(module.last_step.prompts) == 2
+    with pytest.raises(ValueError, match="prompts_per_step: the module has 4 and the data module 2"):
+        fit(ScriptedReward(model="tiny:qwen3", group_size=4, prompts_per_step=4,
+                           compute=ComputeArgs(micro_batch_size=4)), steps=1)
+    with pytest.raises(ValueError, match="does not divide"):  # the shape is checked once B is known
+        fit(ScriptedReward(model="tiny:qwen3", group_size=3, compute=ComputeArgs(micro_batch_size=4)), steps=1)
+
+
 def test_only_policy_adapter_and_lambda_are_optimised() -> None:
     module = make("lampo", "lambda")
     trainer = fit(module, steps=1)

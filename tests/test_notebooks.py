@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -24,3 +25,13 @@ def test_notebook_runs_top_to_bottom(name: str, tmp_path: Path, monkeypatch: pyt
     if name == "ablations":
         assert any("image/png" in o.get("data", {}) for o in outputs), "the curves figure must be drawn"
         assert any("GRPO" in str(o.get("data", {}).get("text/markdown", "")) for o in outputs), "the table"
+
+
+MACHINE_PATH = re.compile(r"(?:/work/|/root/|/home/|/Users/|/tmp/|[A-Z]:\\\\Users\\\\)")
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_committed_notebooks_hold_no_machine_path(path: Path) -> None:
+    """Issue 25 item 10: stored outputs (warnings above all) must not carry the author's machine paths."""
+    hits = [line.strip()[:120] for line in path.read_text().splitlines() if MACHINE_PATH.search(line)]
+    assert not hits, f"{path.name}: {hits[:3]}"
