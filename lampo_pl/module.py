@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from lampo_pl.advantages import AdvantageOutput, confidence_scores, estimate_advantages
 from lampo_pl.data.prompting import one_shot_example, render_prompt
 from lampo_pl.data.record import Problem
-from lampo_pl.dynamic_sampling import Round, Sample, SamplingRounds, assemble, informative_groups
+from lampo_pl.dynamic_sampling import Round, Sample, SamplingRounds, informative_groups
 from lampo_pl.evaluation_steps import EvaluationSteps
 from lampo_pl.logprobs import token_logprobs
 from lampo_pl.losses import BatchCounts, aggregate, batch_counts, clipped_policy_loss, sequence_coefficients
@@ -35,7 +35,8 @@ from lampo_pl.optim import build_optimizer, build_scheduler
 from lampo_pl.policy import load_policy, reference_adapter, trainable_parameters
 from lampo_pl.rewards import RewardBatch, RewardSpec, check_custom_rewards, score_responses
 from lampo_pl.rollout import Rollout, SamplingParams, generate_rollout
-from lampo_pl.settings import ComputeArgs, LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs
+from lampo_pl.sampling_rounds import any_rank, refill_from, sample_rounds
+from lampo_pl.settings import ComputeArgs, LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs, check_batch_shape
 from lampo_pl.step_metrics import OptimResult, Phases, StepRecord, step_metrics
 from lampo_pl.trajectory import Trajectory, micro_batches
 from lampo_pl.vllm_engine import close_engine, step_seed
@@ -171,35 +172,13 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         self.last_step = StepRecord.of_step(self.global_step, sample, advantages, metrics)
 
     def sample_batch(self, batch: list[Problem], phases: Phases) -> Sample:
-        """G responses per prompt and their rewards; with DAPO dynamic sampling, refilled to B informative groups.
-
-        Each refill round takes B further prompts from the DataModule (``refill_batch``), at most
-        ``method.max_refill_rounds`` of them. Under DDP the ranks agree on every round (one more while
-        any rank lacks groups), so that each takes the same prompts from the refill stream.
-        """
-        rounds = [self.sample_round(batch, phases, 0)]
-        extra = 0
-        while self.method.dynamic_sampling and extra < self.method.max_refill_rounds:
-            missing = self.prompts_per_step - sum(int(r.informative.sum()) for r in rounds)
-            if not self.any_rank(missing > 0):
-                break
-            problems = self.refill_problems()
-            extra += 1
-            if missing > 0:
-                rounds.append(self.sample_round(problems, phases, extra))
-        sample = assemble(rounds, self.prompts_per_step, self.group_size)
-        if self.method.dynamic_sampling and sample.stats.groups_kept < self.prompts_per_step:
-            log.warning("dynamic sampling: %d of %d groups informative after %d generation rounds; training on them",
-                        sample.stats.groups_kept, self.prompts_per_step, sample.stats.rounds)
-        return sample
-
-    def refill_problems(self) -> list[Problem]:
-        """B further prompts for a refill round, from the DataModule (``ProblemDataModule.refill_batch``)."""
-        data = self.trainer.datamodule
-        if data is None or not hasattr(data, "refill_batch"):
-            raise ValueError("method.dynamic_sampling refills from the DataModule's refill_batch(): train with a "
-                             "ProblemDataModule, or set method.max_refill_rounds: 0")
-        return data.refill_batch()
+        """G responses per prompt and their rewards; DAPO refill rounds (``sampling_rounds.sample_rounds``)."""
+        m = self.method
+        return sample_rounds(batch, lambda problems, index: self.sample_round(problems, phases, index),
+                             lambda: refill_from(self.trainer.datamodule),
+                             lambda flag: any_rank(self.trainer, flag, self.device), num_groups=self.prompts_per_step,
+                             group_size=self.group_size, dynamic_sampling=m.dynamic_sampling,
+                             max_refill_rounds=m.max_refill_rounds)
 
     def sample_round(self, batch: list[Problem], phases: Phases, round_index: int) -> Round:
         """One generation round: B prompts, G responses each, their rewards and which groups are informative."""
@@ -212,12 +191,6 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         if not self.method.dynamic_sampling:
             informative = torch.ones_like(informative)  # every group counts
         return Round(prompts, rollout, problems, scored, informative)
-
-    def any_rank(self, flag: bool) -> bool:
-        """Whether ``flag`` holds on any DDP rank (itself without DDP)."""
-        if self.trainer.world_size == 1:
-            return flag
-        return bool(self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="sum") > 0)
 
     def collect_rollout(
         self, batch: list[Problem], prompts: list[str], round_index: int = 0
@@ -448,19 +421,3 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_steps = int(checkpoint.get("lampo_skipped_steps", 0))
 
-
-def check_batch_shape(prompts_per_step: int, group_size: int, micro_batch_size: int, num_iterations: int) -> None:
-    """Reject at start-up batch sizes that do not divide, saying which numbers to change."""
-    if prompts_per_step < 1 or group_size < 1 or micro_batch_size < 1 or num_iterations < 1:
-        raise ValueError(
-            f"prompts_per_step ({prompts_per_step}), group_size ({group_size}), compute.micro_batch_size "
-            f"({micro_batch_size}) and method.num_iterations ({num_iterations}) must all be >= 1"
-        )
-    n = prompts_per_step * group_size
-    if n % micro_batch_size != 0:
-        divisors = [d for d in range(1, n + 1) if n % d == 0]
-        raise ValueError(
-            f"compute.micro_batch_size={micro_batch_size} does not divide the {n} responses of a step "
-            f"(prompts_per_step={prompts_per_step} × group_size={group_size}); "
-            f"choose micro_batch_size in {divisors} or change prompts_per_step/group_size"
-        )

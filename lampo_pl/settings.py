@@ -261,3 +261,20 @@ class PromptArgs:
     system_prompt: str | None = None
     enable_thinking: bool | None = None
     one_shot: bool = False
+
+
+def check_batch_shape(prompts_per_step: int, group_size: int, micro_batch_size: int, num_iterations: int) -> None:
+    """Reject at start-up batch sizes that do not divide, saying which numbers to change."""
+    if prompts_per_step < 1 or group_size < 1 or micro_batch_size < 1 or num_iterations < 1:
+        raise ValueError(
+            f"prompts_per_step ({prompts_per_step}), group_size ({group_size}), compute.micro_batch_size "
+            f"({micro_batch_size}) and method.num_iterations ({num_iterations}) must all be >= 1"
+        )
+    n = prompts_per_step * group_size
+    if n % micro_batch_size != 0:
+        divisors = [d for d in range(1, n + 1) if n % d == 0]
+        raise ValueError(
+            f"compute.micro_batch_size={micro_batch_size} does not divide the {n} responses of a step "
+            f"(prompts_per_step={prompts_per_step} × group_size={group_size}); "
+            f"choose micro_batch_size in {divisors} or change prompts_per_step/group_size"
+        )
