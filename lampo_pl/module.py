@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from lampo_pl.advantages import AdvantageOutput, confidence_scores, estimate_advantages
 from lampo_pl.data.prompting import one_shot_example, render_prompt
 from lampo_pl.data.record import Problem
-from lampo_pl.dynamic_sampling import Round, Sample, SamplingRounds, informative_groups
+from lampo_pl.dynamic_sampling import Round, Sample, SamplingRounds, group_filter
 from lampo_pl.evaluation_steps import EvaluationSteps
 from lampo_pl.logprobs import token_logprobs
 from lampo_pl.losses import BatchCounts, aggregate, batch_counts, clipped_policy_loss, sequence_coefficients
@@ -36,7 +36,16 @@ from lampo_pl.policy import load_policy, reference_adapter, trainable_parameters
 from lampo_pl.rewards import RewardBatch, RewardSpec, check_custom_rewards, score_responses
 from lampo_pl.rollout import Rollout, SamplingParams, generate_rollout
 from lampo_pl.sampling_rounds import any_rank, refill_from, sample_rounds
-from lampo_pl.settings import ComputeArgs, LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs, check_batch_shape
+from lampo_pl.settings import (
+    ComputeArgs,
+    LoraArgs,
+    MethodArgs,
+    OptimArgs,
+    PromptArgs,
+    RewardArgs,
+    check_batch_shape,
+    filter_signal_of,
+)
 from lampo_pl.step_metrics import OptimResult, Phases, StepRecord, step_metrics
 from lampo_pl.trajectory import Trajectory, micro_batches
 from lampo_pl.vllm_engine import close_engine, step_seed
@@ -100,6 +109,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         self.strict_loading = False  # checkpoints hold only the adapters and λ, never the frozen base
         check_batch_shape(prompts_per_step, group_size, self.compute.micro_batch_size, self.method.num_iterations)
         check_custom_rewards(self.reward_args.custom)  # an unknown import path fails here, before any model loads
+        self.filter_signal = filter_signal_of(self.method, self.reward_args)  # DAPO's group filter, or None
         self.lam = nn.Parameter(torch.tensor(float(self.method.lambda_init))) if self.uses_lambda else None
         self.policy_model: nn.Module | None = None
         self.tokenizer: Any = None
@@ -168,7 +178,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         traj = replace(traj, advantages=advantages.advantages, old_logprobs=old_logp, ref_logprobs=ref_logp)
         with phases("optimisation"):
             result = self.optimise(traj, sample.problems)
-        metrics = self.log_step(rollout, scored, advantages, result, phases, sample.stats)
+        metrics = self.log_step(rollout, scored, advantages, result, phases, sample.stats, keep=sample.keep)
         self.last_step = StepRecord.of_step(self.global_step, sample, advantages, metrics)
 
     def sample_batch(self, batch: list[Problem], phases: Phases) -> Sample:
@@ -187,10 +197,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
             rollout, problems = self.collect_rollout(batch, prompts, round_index)
         with phases("rewards"):
             scored = self.score(rollout, problems)
-        informative = informative_groups(torch.tensor(scored.correct), self.group_size)  # [B]
-        if not self.method.dynamic_sampling:
-            informative = torch.ones_like(informative)  # every group counts
-        return Round(prompts, rollout, problems, scored, informative)
+        return Round(prompts, rollout, problems, scored, group_filter(scored, self.group_size, self.filter_signal))
 
     def collect_rollout(
         self, batch: list[Problem], prompts: list[str], round_index: int = 0
@@ -392,11 +399,13 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
 
     def log_step(
         self, rollout: Rollout, scored: RewardBatch, adv: AdvantageOutput, result: OptimResult, phases: Phases,
-        rounds: SamplingRounds,
+        rounds: SamplingRounds, keep: Tensor | None = None,
     ) -> dict[str, float]:
-        """Log the step's scalars under ``train/``; return them without the prefix (NaN ones left out)."""
+        """Log the step's scalars under ``train/``; return them without the prefix (NaN ones left out).
+
+        ``keep`` ``[N]``: the rows trained on; the batch's numbers leave dynamic sampling's filler groups out."""
         metrics = step_metrics(rollout, scored, adv, result, phases, rounds, group_size=self.group_size,
-                               skipped_steps=self.skipped_steps, lam=self.lam)
+                               skipped_steps=self.skipped_steps, lam=self.lam, keep=keep)
         metrics.update(self.mismatch.pop())
         clean = {k: v for k, v in metrics.items() if not math.isnan(v)}
         bs = len(scored.total)

@@ -32,9 +32,11 @@ def sample_rounds(
 ) -> Sample:
     """G responses per prompt and their rewards; with DAPO dynamic sampling, refilled to B informative groups.
 
-    Each refill round takes B further prompts (``refill``), at most ``max_refill_rounds`` of them.
-    Under DDP the ranks agree on every round (one more while any rank lacks groups), so that each
-    takes the same prompts from the refill stream.
+    Each refill round takes B further prompts (``refill``), at most ``max_refill_rounds`` of them, and
+    samples those not already in the step (``fresh``): the same prompt twice in one batch would weigh
+    it double, which on a small dataset happens often (issue 21, item 10); a round may so sample
+    fewer than B prompts, or none. Under DDP the ranks agree on every round (one more while any rank
+    lacks groups), so that each takes the same number of batches from the refill stream.
 
     Args:
         batch: The step's B problems.
@@ -47,20 +49,36 @@ def sample_rounds(
         max_refill_rounds: At most this many refill rounds.
     """
     rounds = [sample_round(batch, 0)]
+    seen = {prompt_key(q) for q in batch}
     extra = 0
     while dynamic_sampling and extra < max_refill_rounds:
         missing = num_groups - sum(int(r.informative.sum()) for r in rounds)
         if not any_rank(missing > 0):
             break
-        problems = refill()
+        problems = fresh(refill(), seen)
         extra += 1
-        if missing > 0:
+        if missing > 0 and problems:
             rounds.append(sample_round(problems, extra))
     sample = assemble(rounds, num_groups, group_size)
     if dynamic_sampling and sample.stats.groups_kept < num_groups:
         log.warning("dynamic sampling: %d of %d groups informative after %d generation rounds; training on them",
                     sample.stats.groups_kept, num_groups, sample.stats.rounds)
     return sample
+
+
+def prompt_key(problem: Problem) -> tuple[str, str]:
+    """What makes two problems the same prompt: their text and chat messages (ids may repeat across files)."""
+    return problem.prompt, repr(problem.messages)
+
+
+def fresh(problems: list[Problem], seen: set[tuple[str, str]]) -> list[Problem]:
+    """``problems`` whose prompt is not in ``seen`` (nor earlier in ``problems``); adds them to ``seen``."""
+    out = []
+    for q in problems:
+        if prompt_key(q) not in seen:
+            seen.add(prompt_key(q))
+            out.append(q)
+    return out
 
 
 def refill_from(datamodule: Any) -> list[Problem]:
