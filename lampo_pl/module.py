@@ -4,7 +4,8 @@
             -> log-probs (old, reference) -> clipped loss × μ passes -> optimiser step -> metrics
 
 The math lives in ``advantages.py`` and ``losses.py``; the model side in ``policy.py``,
-``rollout.py`` and ``logprobs.py``; the step's tensors travel as one ``Trajectory``
+``rollout.py`` and ``logprobs.py``; prompts, rewards and DAPO's rounds in ``sampling_rounds.py``
+(``SamplingSteps``, mixed in); the step's tensors travel as one ``Trajectory``
 (``trajectory.py``); this file only wires them in the order of the algorithm.
 Optimisation is manual (``automatic_optimization = False``) because one step runs generation,
 several micro-batch backward passes and μ optimiser steps.
@@ -23,9 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from lampo_pl.advantages import AdvantageOutput, confidence_scores, estimate_advantages
-from lampo_pl.data.prompting import one_shot_example, render_prompt
 from lampo_pl.data.record import Problem
-from lampo_pl.dynamic_sampling import Round, Sample, SamplingRounds, group_filter
+from lampo_pl.dynamic_sampling import SamplingRounds
 from lampo_pl.evaluation_steps import EvaluationSteps
 from lampo_pl.logprobs import token_logprobs
 from lampo_pl.losses import BatchCounts, aggregate, batch_counts, clipped_policy_loss, sequence_coefficients
@@ -33,9 +33,10 @@ from lampo_pl.metrics import mean_loss_stats
 from lampo_pl.mismatch import MismatchMeter, truncated_is_weights
 from lampo_pl.optim import build_optimizer, build_scheduler
 from lampo_pl.policy import load_policy, reference_adapter, trainable_parameters
-from lampo_pl.rewards import RewardBatch, RewardSpec, check_custom_rewards, score_responses
+from lampo_pl.rewards import RewardBatch, check_custom_rewards
+from lampo_pl.rewards.custom import RewardGuard
 from lampo_pl.rollout import Rollout, SamplingParams, generate_rollout
-from lampo_pl.sampling_rounds import any_rank, refill_from, sample_rounds
+from lampo_pl.sampling_rounds import SamplingSteps
 from lampo_pl.settings import (
     ComputeArgs,
     LoraArgs,
@@ -53,7 +54,7 @@ from lampo_pl.vllm_engine import close_engine, step_seed
 log = logging.getLogger(__name__)
 
 
-class LamPOModule(EvaluationSteps, L.LightningModule):
+class LamPOModule(SamplingSteps, EvaluationSteps, L.LightningModule):
     """Critic-free RL fine-tuning of a causal LM with LamPO or a GRPO-family baseline."""
 
     def __init__(
@@ -110,6 +111,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         check_batch_shape(prompts_per_step, group_size, self.compute.micro_batch_size, self.method.num_iterations)
         check_custom_rewards(self.reward_args.custom)  # an unknown import path fails here, before any model loads
         self.filter_signal = filter_signal_of(self.method, self.reward_args)  # DAPO's group filter, or None
+        self.reward_guard = RewardGuard(self.reward_args.failure_limit)  # custom rewards: preflight, failure streaks
         self.lam = nn.Parameter(torch.tensor(float(self.method.lambda_init))) if self.uses_lambda else None
         self.policy_model: nn.Module | None = None
         self.tokenizer: Any = None
@@ -150,19 +152,6 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
         return {"optimizer": opt, "lr_scheduler": {"scheduler": build_scheduler(opt, self.optim, total)}}
 
-    def reward_specs(self) -> list[RewardSpec]:
-        r = self.reward_args
-        pairs = (("correctness", r.correctness), ("density", r.density), ("format", r.format))
-        return [RewardSpec(name, weight) for name, weight in pairs if weight != 0]
-
-    def render(self, problems: list[Problem], enable_thinking: bool | None = None) -> list[str]:
-        """Chat prompts of ``problems``; ``enable_thinking`` overrides the prompt settings' (evaluation's own)."""
-        p = self.prompt
-        thinking = p.enable_thinking if enable_thinking is None else enable_thinking
-        few_shot = one_shot_example() if p.one_shot else ()
-        return [render_prompt(self.tokenizer, q, system_prompt=p.system_prompt, enable_thinking=thinking,
-                              few_shot=few_shot) for q in problems]
-
     # ---- the step -------------------------------------------------------------------------------
 
     def training_step(self, batch: list[Problem], batch_idx: int) -> None:
@@ -180,24 +169,6 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
             result = self.optimise(traj, sample.problems)
         metrics = self.log_step(rollout, scored, advantages, result, phases, sample.stats, keep=sample.keep)
         self.last_step = StepRecord.of_step(self.global_step, sample, advantages, metrics)
-
-    def sample_batch(self, batch: list[Problem], phases: Phases) -> Sample:
-        """G responses per prompt and their rewards; DAPO refill rounds (``sampling_rounds.sample_rounds``)."""
-        m = self.method
-        return sample_rounds(batch, lambda problems, index: self.sample_round(problems, phases, index),
-                             lambda: refill_from(self.trainer.datamodule),
-                             lambda flag: any_rank(self.trainer, flag, self.device), num_groups=self.prompts_per_step,
-                             group_size=self.group_size, dynamic_sampling=m.dynamic_sampling,
-                             max_refill_rounds=m.max_refill_rounds)
-
-    def sample_round(self, batch: list[Problem], phases: Phases, round_index: int) -> Round:
-        """One generation round: B prompts, G responses each, their rewards and which groups are informative."""
-        with phases("generation"):
-            prompts = self.render(batch)
-            rollout, problems = self.collect_rollout(batch, prompts, round_index)
-        with phases("rewards"):
-            scored = self.score(rollout, problems)
-        return Round(prompts, rollout, problems, scored, group_filter(scored, self.group_size, self.filter_signal))
 
     def collect_rollout(
         self, batch: list[Problem], prompts: list[str], round_index: int = 0
@@ -218,12 +189,6 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
             seed=step_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), self.global_step, self.global_rank, round_index),
         )
         return rollout, [q for q in batch for _ in range(self.group_size)]
-
-    def score(self, rollout: Rollout, problems: list[Problem]) -> RewardBatch:
-        thinking, custom = bool(self.prompt.enable_thinking), self.reward_args.custom
-        ids = [r[: int(n)].tolist() for r, n in zip(rollout.response_ids, rollout.response_lengths, strict=True)]
-        return score_responses(rollout.texts, problems, self.reward_specs(), thinking=thinking, custom=custom,
-                               completion_ids=ids if custom else None, step=self.global_step)
 
     def loss_mask(self, rollout: Rollout, keep: Tensor) -> Tensor:
         """``[N, L]`` tokens that count in the loss: DAPO overlong masking drops truncated rows,

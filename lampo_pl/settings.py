@@ -238,16 +238,22 @@ class RewardArgs:
         correctness: Weight of the verifiable outcome reward (math-verify / choice letter).
         density: Weight α of the ROUGE-L semantic-density reward (0 disables it).
         format: Weight of the format reward (closed reasoning block and a boxed answer).
-        custom: Your own TRL-style reward functions: [{function: my_module.my_reward, weight: 0.5}, ...].
+        custom: Your own TRL-style reward functions: [{function: my_module.my_reward, weight: 0.5}, ...]
+            (each also takes name, timeout_s, completion_format: auto | text | messages, memory_limit_gib).
+        failure_limit: A custom reward that fails on this many batches in a row stops the run (a failure on
+            the first batch always does: it is the preflight).
     """
 
     correctness: float = 1.0
     density: float = 0.0
     format: float = 0.0
     custom: tuple[CustomReward, ...] = ()
+    failure_limit: int = 3
 
     def __post_init__(self) -> None:
         g = "model.rewards"
+        require(isinstance(self.failure_limit, int) and self.failure_limit >= 1, g, "failure_limit",
+                self.failure_limit, "an integer >= 1")
         require(finite(self.correctness), g, "correctness", self.correctness, "a finite number")
         require(finite(self.density) and self.density >= 0, g, "density", self.density, "density >= 0")
         require(finite(self.format), g, "format", self.format, "a finite number")
