@@ -30,10 +30,21 @@ MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 
 def trl_compute_loss(
-    per_token_logps: Tensor, old_per_token_logps: Tensor, advantages: Tensor, mask: Tensor, *, loss_type: str,
-    importance_sampling_level: str = "token", epsilon_low: float = 0.2, epsilon_high: float = 0.2,
-    sapo_temperature_pos: float = 1.0, sapo_temperature_neg: float = 1.05, entropy_mask: Tensor | None = None,
-    importance_sampling_ratio: Tensor | None = None, beta: float = 0.0, ref_per_token_logps: Tensor | None = None,
+    per_token_logps: Tensor,
+    old_per_token_logps: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    loss_type: str,
+    importance_sampling_level: str = "token",
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.2,
+    sapo_temperature_pos: float = 1.0,
+    sapo_temperature_neg: float = 1.05,
+    entropy_mask: Tensor | None = None,
+    importance_sampling_ratio: Tensor | None = None,
+    beta: float = 0.0,
+    ref_per_token_logps: Tensor | None = None,
 ) -> Tensor:
     """``GRPOTrainer._compute_loss`` (grpo_trainer.py 3053-3175) on one process without gradient accumulation.
 
@@ -49,9 +60,7 @@ def trl_compute_loss(
         log_importance_weights = log_importance_weights.unsqueeze(-1)
     coef_1 = torch.exp(log_importance_weights)  # 3095
     if beta != 0.0:  # 3098-3102
-        per_token_kl = (
-            torch.exp(ref_per_token_logps - per_token_logps) - (ref_per_token_logps - per_token_logps) - 1
-        )
+        per_token_kl = torch.exp(ref_per_token_logps - per_token_logps) - (ref_per_token_logps - per_token_logps) - 1
     if loss_type == "cispo":  # 3109-3111
         clamped_ratios = torch.clamp(coef_1, max=epsilon_high).detach()
         per_token_loss = -clamped_ratios * advantages * per_token_logps
@@ -77,8 +86,12 @@ def trl_compute_loss(
 
 
 def trl_importance_sampling_ratio(
-    old_per_token_logps: Tensor, sampling_per_token_logps: Tensor, mask: Tensor, mode: str,
-    clip_min: float | None, clip_max: float | None,
+    old_per_token_logps: Tensor,
+    sampling_per_token_logps: Tensor,
+    mask: Tensor,
+    mode: str,
+    clip_min: float | None,
+    clip_max: float | None,
 ) -> Tensor:
     """``_generate_and_score_completions``, grpo_trainer.py 2660-2708 (the vLLM importance-sampling ratio)."""
     per_token_logps_diff = (old_per_token_logps - sampling_per_token_logps) * mask  # 2662
@@ -259,7 +272,8 @@ def test_meter_counts_mean_weight_and_zeroed_share_of_loss_tokens() -> None:
     meter = MismatchMeter()
     meter.add_weights(torch.tensor([[0.0], [2.0]]), mask)  # sequence weights: row 0 (2 tokens) zeroed, row 1 w = 2
     out = meter.pop()
-    assert out["sampler_is_weight_mean"] == pytest.approx(2.0 / 3) and out["sampler_is_zeroed_frac"] == pytest.approx(2 / 3)
+    assert out["sampler_is_weight_mean"] == pytest.approx(2.0 / 3)  # (0 + 0 + 2) / 3 loss tokens
+    assert out["sampler_is_zeroed_frac"] == pytest.approx(2.0 / 3)
 
 
 # ---- high-entropy token selection against TRL ------------------------------------------------------
