@@ -22,6 +22,8 @@ from lampo_pl.rewards.custom import CustomReward
 class SettingsError(UserError):
     """A setting outside its allowed range; the message is one line naming the field, its value and the range."""
 
+FilterSignal = Literal["auto", "correctness", "total"]  # DAPO dynamic sampling's group filter (MethodArgs)
+
 
 def require(ok: bool, group: str, name: str, value: Any, allowed: str) -> None:
     """Raise ``SettingsError`` ("model.method.eps_low=2.0: allowed 0 <= eps_low < 1") unless ``ok``.
@@ -62,8 +64,11 @@ class MethodArgs:
         num_iterations: μ, optimisation passes over each rollout batch; each pass is one optimiser step,
             so ``trainer.max_steps`` counts μ steps per rollout batch (as TRL's GRPOTrainer counts them).
         mask_truncated: Mask responses that hit max_new_tokens out of the loss (DAPO overlong masking).
-        dynamic_sampling: DAPO dynamic sampling: drop groups whose correctness rewards are all equal from
-            the loss and its normalisers, and sample further prompts until B informative groups are kept.
+        dynamic_sampling: DAPO dynamic sampling: drop groups whose filter signal is the same on all G responses
+            from the loss and its normalisers, and sample further prompts until B informative groups are kept.
+        filter_signal: What makes a group informative under dynamic_sampling (verl's
+            ``filter_groups.metric``): correctness | total (the weighted reward) | auto (correctness when its
+            weight is non-zero, else total). correctness at weight 0 is refused.
         max_refill_rounds: With dynamic_sampling, at most this many extra generation rounds (each of B new
             prompts) per step; when they are spent the step trains on the groups it has and logs a warning.
             0 never refills (as verl's ``max_num_gen_batches`` bounds DAPO's).
@@ -108,6 +113,7 @@ class MethodArgs:
     num_iterations: int = 1
     mask_truncated: bool = False
     dynamic_sampling: bool = False
+    filter_signal: FilterSignal = "auto"
     max_refill_rounds: int = 4
     lambda_init: float = 0.0
     r_len: float = R_LEN
@@ -146,6 +152,8 @@ class MethodArgs:
         require(finite(self.h_min) and self.h_min > 0, g, "h_min", self.h_min, "h_min > 0 (keeps h^λ finite)")
         require(self.tis_cap is None or (finite(self.tis_cap) and self.tis_cap > 0), g, "tis_cap", self.tis_cap,
                 "null or tis_cap > 0")
+        require(one_of(self.filter_signal, FilterSignal), g, "filter_signal", self.filter_signal,
+                "auto | correctness | total")
         require(isinstance(self.max_refill_rounds, int) and self.max_refill_rounds >= 0, g, "max_refill_rounds",
                 self.max_refill_rounds, "an integer >= 0 (0: dynamic sampling drops without refilling)")
         self.check_policy_loss(g)
@@ -303,16 +311,22 @@ class RewardArgs:
         correctness: Weight of the verifiable outcome reward (math-verify / choice letter).
         density: Weight α of the ROUGE-L semantic-density reward (0 disables it).
         format: Weight of the format reward (closed reasoning block and a boxed answer).
-        custom: Your own TRL-style reward functions: [{function: my_module.my_reward, weight: 0.5}, ...].
+        custom: Your own TRL-style reward functions: [{function: my_module.my_reward, weight: 0.5}, ...]
+            (each also takes name, timeout_s, completion_format: auto | text | messages, memory_limit_gib).
+        failure_limit: A custom reward that fails on this many batches in a row stops the run (a failure on
+            the first batch always does: it is the preflight).
     """
 
     correctness: float = 1.0
     density: float = 0.0
     format: float = 0.0
     custom: tuple[CustomReward, ...] = ()
+    failure_limit: int = 3
 
     def __post_init__(self) -> None:
         g = "model.rewards"
+        require(isinstance(self.failure_limit, int) and self.failure_limit >= 1, g, "failure_limit",
+                self.failure_limit, "an integer >= 1")
         require(finite(self.correctness), g, "correctness", self.correctness, "a finite number")
         require(finite(self.density) and self.density >= 0, g, "density", self.density, "density >= 0")
         require(finite(self.format), g, "format", self.format, "a finite number")
@@ -334,3 +348,37 @@ class PromptArgs:
     system_prompt: str | None = None
     enable_thinking: bool | None = None
     one_shot: bool = False
+
+
+def check_batch_shape(prompts_per_step: int, group_size: int, micro_batch_size: int, num_iterations: int) -> None:
+    """Reject at start-up batch sizes that do not divide, saying which numbers to change."""
+    if prompts_per_step < 1 or group_size < 1 or micro_batch_size < 1 or num_iterations < 1:
+        raise ValueError(
+            f"prompts_per_step ({prompts_per_step}), group_size ({group_size}), compute.micro_batch_size "
+            f"({micro_batch_size}) and method.num_iterations ({num_iterations}) must all be >= 1"
+        )
+    n = prompts_per_step * group_size
+    if n % micro_batch_size != 0:
+        divisors = [d for d in range(1, n + 1) if n % d == 0]
+        raise ValueError(
+            f"compute.micro_batch_size={micro_batch_size} does not divide the {n} responses of a step "
+            f"(prompts_per_step={prompts_per_step} × group_size={group_size}); "
+            f"choose micro_batch_size in {divisors} or change prompts_per_step/group_size"
+        )
+
+
+def filter_signal_of(method: MethodArgs, rewards: RewardArgs) -> Literal["correctness", "total"] | None:
+    """The signal DAPO dynamic sampling filters groups on; ``None`` without dynamic sampling.
+
+    ``auto`` is correctness when it weighs in the reward (DAPO's own rule), else the total reward. Filtering
+    on correctness at weight 0 would drop groups by a number the loss never sees (and, with only
+    shaped rewards, could drop every group): refused in one line.
+    """
+    if not method.dynamic_sampling:
+        return None
+    if method.filter_signal == "auto":
+        return "correctness" if rewards.correctness != 0 else "total"
+    require(method.filter_signal != "correctness" or rewards.correctness != 0, "model.method", "filter_signal",
+            method.filter_signal, "auto | total while model.rewards.correctness is 0 (correctness does not "
+            "weigh in the reward, so filtering on it keeps or drops groups by a signal the loss never sees)")
+    return method.filter_signal
