@@ -96,6 +96,17 @@ class SamplingParams:
         if self.engine == "vllm":
             import_vllm()  # a missing install is one line at start-up, not a traceback at the first step
 
+    @property
+    def logprobs_truncated(self) -> bool:
+        """Whether the sampler's recorded log-probs are of the top-p / top-k truncated distribution, not π's.
+
+        vLLM returns them after truncation only (its ``processed_logprobs``; its ``raw_logprobs`` are taken
+        before the temperature, vllm/v1/sample/sampler.py lines 86-89, i.e. π at T = 1): LamPO's confidence
+        scores then take π_old from a teacher-forced pass and the mismatch meter logs the truncated mass
+        instead of the kernel mismatch (lampo_pl/mismatch.py). The native engines record before truncation.
+        """
+        return self.engine == "vllm" and (self.top_p < 1 or self.top_k > 0)
+
 
 @dataclass
 class Rollout:
@@ -110,8 +121,9 @@ class Rollout:
         truncated: [N] bool, True where no EOS came within max_new_tokens.
         texts: N decoded responses, special tokens (EOS) removed.
         generation_seconds: Wall time spent in the sampler calls.
-        sampled_logprobs: [N, L] the sampler's log softmax(z / T)[o_t] (before top-p / top-k), 0 after the
-            response; `None` unless `generate_rollout(record_logprobs=True)`.
+        sampled_logprobs: [N, L] the sampler's log softmax(z / T)[o_t] (before top-p / top-k; vLLM's after them,
+            ``SamplingParams.logprobs_truncated``), 0 after the response; `None` unless
+            `generate_rollout(record_logprobs=True)`.
     """
 
     input_ids: Tensor

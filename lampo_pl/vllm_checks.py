@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
+
 from lampo_pl.errors import UserError
 
 # vllm/config/lora.py:26, ``MaxLoRARanks``: the only max_lora_rank values the engine accepts (pydantic checks it).
@@ -91,8 +93,18 @@ def cpu_head_sizes() -> tuple[int, ...]:
         return CPU_HEAD_SIZES
 
 
-def check_vllm_model(config: Any, *, on_cuda: bool, model_name: str, max_context: int | None) -> None:
-    """Refuse, before the engine starts, a model the engine cannot run on this machine, or a context it lacks."""
+def check_vllm_model(model_name: str, *, trust_remote_code: bool, max_context: int | None) -> None:
+    """Refuse, before the model loads and the engine starts, a model vLLM cannot run here, or a context it lacks."""
+    from transformers import AutoConfig
+
+    from lampo_pl.policy import resolve_model_source
+
+    config = AutoConfig.from_pretrained(resolve_model_source(model_name), trust_remote_code=trust_remote_code)
+    check_vllm_config(config, on_cuda=torch.cuda.is_available(), model_name=model_name, max_context=max_context)
+
+
+def check_vllm_config(config: Any, *, on_cuda: bool, model_name: str, max_context: int | None) -> None:
+    """`check_vllm_model` on a transformers config: CPU attention's head sizes, and max_context within the model."""
     if not on_cuda:
         head_dim, sizes = head_dim_of(config), cpu_head_sizes()
         if head_dim not in sizes:

@@ -21,7 +21,14 @@ How this differs from TRL's colocate mode (``trl/trainer/grpo_trainer.py``, ``vl
    call, and ``OMP_NUM_THREADS`` is set to the trainer's thread count before the start, so the rest of
    the run is unchanged by the engine.
 5. Log-probs are vLLM's ``processed_logprobs``: log softmax(z / T) of the distribution sampled, after
-   top-k / top-p when those are on (the native loop records them before; equal when both are off).
+   top-k / top-p when those are on (the native loop records them before; equal when both are off). With
+   truncation on they are not π_old's: LamPO's confidence scores then take a teacher-forced pass and the
+   truncated mass is logged apart from the kernel mismatch (``SamplingParams.logprobs_truncated``).
+6. Every weight of the model is pushed at every sync (`policy_weights`), a 4-bit one dequantised as the
+   trainer's forward dequantises it; combinations that cannot be served exactly (an 8-bit base, a LoRA
+   rank above 512, a CPU head_dim vLLM lacks, a context the KV cache cannot hold) are refused in one line
+   before the engine starts (lampo_pl/vllm_checks.py). tests/test_vllm_matrix.py checks every
+   quantisation × LoRA targets × sync mode.
 """
 
 from __future__ import annotations
