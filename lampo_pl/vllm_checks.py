@@ -45,8 +45,10 @@ def served_lora_rank(rank: int) -> int:
     for served in VLLM_LORA_RANKS:
         if served >= rank:
             return served
-    raise VllmCombinationError(f"model.lora.r={rank}: sampling.vllm_sync: lora serves ranks up to "
-                               f"{VLLM_LORA_RANKS[-1]}; use vllm_sync: merged or a smaller rank")
+    raise VllmCombinationError(
+        f"model.lora.r={rank}: sampling.vllm_sync: lora serves ranks up to "
+        f"{VLLM_LORA_RANKS[-1]}; use vllm_sync: merged or a smaller rank"
+    )
 
 
 def check_vllm_settings(sampling: Any, lora: Any, method: Any) -> None:
@@ -66,7 +68,8 @@ def check_vllm_settings(sampling: Any, lora: Any, method: Any) -> None:
         raise VllmCombinationError(
             "model.lora.quantization=8bit with model.sampling.engine=vllm: bitsandbytes' int8 matmul quantises the "
             "activations too, so no weight push reproduces the trainer's forward; use quantization 4bit or none, "
-            "or sampling.engine native")
+            "or sampling.engine native"
+        )
     if sampling.vllm_sync == "lora":
         served_lora_rank(lora.r)
     truncated = sampling.top_p < 1 or sampling.top_k > 0
@@ -74,7 +77,8 @@ def check_vllm_settings(sampling: Any, lora: Any, method: Any) -> None:
         raise VllmCombinationError(
             f"model.method.tis_cap={method.tis_cap} with sampling.engine=vllm and top_p={sampling.top_p} / "
             f"top_k={sampling.top_k}: vLLM returns the truncated distribution's log-probs, so TIS would correct "
-            "the truncation, not the kernel mismatch; set top_p 1.0 and top_k 0, or tis_cap null")
+            "the truncation, not the kernel mismatch; set top_p 1.0 and top_k 0, or tis_cap null"
+        )
 
 
 def head_dim_of(config: Any) -> int:
@@ -110,11 +114,14 @@ def check_vllm_config(config: Any, *, on_cuda: bool, model_name: str, max_contex
         if head_dim not in sizes:
             raise VllmCombinationError(
                 f"model.model={model_name!r} has head_dim {head_dim}, and vLLM's CPU attention runs head_dim "
-                f"{', '.join(map(str, sizes))} only; use model.sampling.engine native")
+                f"{', '.join(map(str, sizes))} only; use model.sampling.engine native"
+            )
     positions = getattr(config, "max_position_embeddings", None)
     if max_context is not None and positions is not None and max_context > positions:
-        raise VllmCombinationError(f"model.max_context={max_context} exceeds the model's {positions} positions; "
-                                   f"lower it to at most {positions}")
+        raise VllmCombinationError(
+            f"model.max_context={max_context} exceeds the model's {positions} positions; "
+            f"lower it to at most {positions}"
+        )
 
 
 def kv_cache_setting(on_cuda: bool) -> str:
@@ -125,9 +132,11 @@ def kv_cache_setting(on_cuda: bool) -> str:
 def context_error(need: int, engine_len: int, *, prompt_len: int, max_new_tokens: int, on_cuda: bool) -> str:
     """One line for a request longer than the engine's context, naming what to change."""
     memory = kv_cache_setting(on_cuda)
-    return (f"a prompt of {prompt_len} tokens + max_new_tokens={max_new_tokens} needs {need} tokens, and the vLLM "
-            f"engine's KV cache holds {engine_len} per sequence: raise {memory} or model.max_context, or lower "
-            "model.sampling.max_new_tokens")
+    return (
+        f"a prompt of {prompt_len} tokens + max_new_tokens={max_new_tokens} needs {need} tokens, and the vLLM "
+        f"engine's KV cache holds {engine_len} per sequence: raise {memory} or model.max_context, or lower "
+        "model.sampling.max_new_tokens"
+    )
 
 
 def start_error(error: Exception, *, max_context: int | None, on_cuda: bool) -> str | None:

@@ -108,7 +108,9 @@ def test_engine_log_probs_equal_the_trainers_before_and_after_optimiser_steps(ce
                              max_context=None).llm.llm_engine.vllm_config.lora_config.max_lora_rank == 16  # fmt: skip
 
 
-@pytest.mark.parametrize(("quantization", "targets", "sync"), [c for c in CELLS if c[0] in REFUSED], ids=_id)
+@pytest.mark.parametrize(
+    ("quantization", "targets", "sync"), [pytest.param(*c, id=_id(c)) for c in CELLS if c[0] in REFUSED]
+)
 def test_cells_that_cannot_be_exact_are_refused_in_one_line_at_settings_time(
     quantization: str, targets: str, sync: str
 ) -> None:
