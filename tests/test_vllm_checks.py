@@ -183,3 +183,26 @@ def test_the_run_seed_is_saved_in_the_checkpoint_and_used_on_resume(monkeypatch:
     fresh.policy_model = torch.nn.Linear(1, 1)
     fresh.collect_rollout([], [])
     assert seeds[-1] == step_seed(9, 0, 0)
+
+
+def test_the_step_logs_truncated_mass_not_a_kernel_mismatch_when_vllm_truncates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lampo_pl.trajectory import Trajectory
+
+    def step_metrics(sampling: SamplingParams) -> dict[str, float]:
+        module = LamPOModule(sampling=sampling, group_size=2)
+        logp = torch.log(torch.tensor([[0.2, 0.5], [0.4, 0.5]]))  # [2, 2] the trainer's π_old (μ = 1)
+        monkeypatch.setattr(module, "policy_logprobs", lambda view, with_entropy=False: (logp, None))
+        view = Trajectory(input_ids=torch.zeros(2, 3, dtype=torch.long), attention_mask=torch.ones(2, 3),
+                          prompt_len=1, loss_mask=torch.ones(2, 2), keep=torch.ones(2, dtype=torch.bool),
+                          advantages=torch.tensor([1.0, -1.0]), sampler_logprobs=logp - math.log(0.8))  # fmt: skip
+        module.micro_batch_loss(view, torch.full((2,), 0.5))
+        return module.mismatch.pop()
+
+    truncated = step_metrics(SamplingParams(engine="vllm", top_k=5))
+    assert math.isclose(truncated["sampler_truncated_mass_mean"], 0.2, abs_tol=1e-6)
+    assert math.isnan(truncated["sampler_logp_diff_mean"])
+    full = step_metrics(SamplingParams(engine="vllm"))
+    assert math.isclose(full["sampler_logp_diff_mean"], -math.log(0.8), abs_tol=1e-6)
+    assert "sampler_truncated_mass_mean" not in full
