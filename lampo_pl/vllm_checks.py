@@ -46,7 +46,7 @@ def served_lora_rank(rank: int) -> int:
         if served >= rank:
             return served
     raise VllmCombinationError(
-        f"model.lora.r={rank}: sampling.vllm_sync: lora serves ranks up to "
+        f"model.lora.r={rank}: model.sampling.vllm_sync=lora serves ranks up to "
         f"{VLLM_LORA_RANKS[-1]}; use vllm_sync: merged or a smaller rank"
     )
 

@@ -24,10 +24,11 @@ How this differs from TRL's colocate mode (``trl/trainer/grpo_trainer.py``, ``vl
    top-k / top-p when those are on (the native loop records them before; equal when both are off). With
    truncation on they are not π_old's: LamPO's confidence scores then take a teacher-forced pass and the
    truncated mass is logged apart from the kernel mismatch (``SamplingParams.logprobs_truncated``).
-6. Every weight of the model is pushed at every sync (`policy_weights`), a 4-bit one dequantised as the
-   trainer's forward dequantises it; combinations that cannot be served exactly (an 8-bit base, a LoRA
-   rank above 512, a CPU head_dim vLLM lacks, a context the KV cache cannot hold) are refused in one line
-   before the engine starts (lampo_pl/vllm_checks.py). tests/test_vllm_matrix.py checks every
+6. Every weight of the model is pushed at the first sync, then every block holding an adapted layer
+   (`policy_weights`), a 4-bit one dequantised as the trainer's forward dequantises it; combinations
+   that cannot be served exactly (an 8-bit base, a LoRA rank above 512, a CPU head_dim vLLM lacks, a
+   context the KV cache cannot hold) are refused in one line before the engine starts
+   (lampo_pl/vllm_checks.py). tests/test_vllm_matrix.py checks every
    quantisation × LoRA targets × sync mode.
 """
 
@@ -131,22 +132,29 @@ def base_weight(layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
     return dequantized(layer.get_base_layer().weight, dtype)
 
 
-def policy_weights(model: nn.Module, dtype: torch.dtype, merge: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
-    """(checkpoint name, value) of **every** parameter of the model as its active adapter computes: W + s·BA for
-    each LoRA-adapted linear (W alone when the adapters are off, peft's ``disable_adapter()``), every other
-    weight as it is (a 4-bit one dequantised); ``merge=False``: the base weights W alone (``vllm_sync: lora``).
+def policy_weights(
+    model: nn.Module, dtype: torch.dtype, merge: bool = True, everything: bool = True
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(checkpoint name, value) of the model's parameters as its active adapter computes: W + s·BA for each
+    LoRA-adapted linear (W alone when the adapters are off, peft's ``disable_adapter()``), every other weight
+    as it is (a 4-bit one dequantised); ``merge=False``: the base weights W alone (``vllm_sync: lora``).
 
-    All of them, every sync: vLLM 0.32's in-place reload (``model_loader/reload/layerwise.py``) rebuilds a
-    layer from the parts it receives, so a fused ``qkv_proj`` / ``gate_up_proj`` pushed in part would keep
-    uninitialised memory in the rest (issue 21, item 2), and the un-adapted layers of a 4-bit base must be
-    its dequantised NF4 values, not the full-precision checkpoint vLLM loaded. TRL's colocate mode pushes
-    every parameter of the merged model too (``trl/trainer/grpo_trainer.py``, ``_move_model_to_vllm``).
+    ``everything``: every parameter (the first sync); else every parameter of each module that holds an
+    adapted layer (the attention or MLP block: all parts of any layer vLLM fuses from them). vLLM 0.32's
+    in-place reload (``model_loader/reload/layerwise.py``) rebuilds a layer from the parts it receives, so a
+    fused ``qkv_proj`` / ``gate_up_proj`` pushed in part would keep uninitialised memory in the rest (issue
+    21, item 2), while a layer that receives nothing keeps its values. The first full push also replaces
+    the full-precision checkpoint vLLM loaded by the trainer's dequantised NF4 weights of a 4-bit base.
     """
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     adapter = model.active_adapter if isinstance(model, PeftModel) else None
+    adapted = [n for n, m in base.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A]
+    blocks = tuple({n.rpartition(".")[0] + "." for n in adapted})  # e.g. "model.layers.0.self_attn."
     with torch.no_grad():
         lora_prefixes: list[str] = []
         for name, module in base.named_modules():
+            if not everything and not (name + ".").startswith(blocks):
+                continue  # outside every adapted block: unchanged since the first sync
             if any(name.startswith(prefix) for prefix in lora_prefixes):
                 continue  # inside a LoRA layer: its base layer's weights were yielded merged
             if isinstance(module, LoraLayer) and adapter in module.lora_A:
@@ -179,6 +187,7 @@ class VllmEngine:
         self.lora_request: Any = None
         self.lora_version = 0
         self.base_pushed = not quantized  # vllm_sync lora over a 4-bit base: its dequantised W goes in at first sync
+        self.pushed_all = False  # merged: every weight at the first sync, then the adapted blocks (`policy_weights`)
         extra: dict[str, Any] = {}
         if sync == "lora":
             extra.update(enable_lora=True, max_lora_rank=served_lora_rank(lora_rank or 1), max_loras=1)
@@ -214,7 +223,8 @@ class VllmEngine:
                     self.base_pushed = True
                 self._sync_lora(model)
             else:
-                self._push(policy_weights(model, self.dtype))  # a generator: one layer in memory at a time
+                self._push(policy_weights(model, self.dtype, everything=not self.pushed_all))  # one layer at a time
+                self.pushed_all = True
             if self.sleeps:
                 self.llm.wake_up(tags=["kv_cache"])
             self.llm.reset_prefix_cache()  # cached prompt KV belongs to the previous weights
