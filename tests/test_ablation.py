@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 import pytest
+import torch
 import yaml
 from scipy import stats
 
@@ -26,6 +28,7 @@ from lampo_pl.ablation import (
     to_markdown,
 )
 from lampo_pl.ablation import run as run_mod
+from lampo_pl.ablation.provenance import source_digest, versions_report
 from lampo_pl.ablation.methods import binary_arm, reference_arm
 from lampo_pl.ablation.summary import (
     curve,
@@ -91,18 +94,22 @@ def test_curve_and_summary_over_seeds() -> None:
             result("lampo", 0, [0.5, 0.5], [0.2, 0.5], kl=0.1)]
     c = curve(runs[:2], "acc")
     np.testing.assert_allclose(c.mean, [0.5, 1.0])
-    np.testing.assert_allclose(c.std, [0.5, 0.0])
+    np.testing.assert_allclose(c.std, [statistics.stdev([0.0, 1.0]), 0.0])  # sample SD (ddof 1): √0.5
     assert np.isnan(curve(runs[:2], "kl_ref").mean).all()  # GRPO's runs did not log it: NaN, no warning
     settings = replace(preset("tiny"), methods=("grpo", "lampo"), threshold=0.9, smooth=1)
     rows = summarise(runs, settings)
     assert [r.method for r in rows] == ["grpo", "lampo"]
     grpo = rows[0]
-    assert grpo.reached == 2 and grpo.steps_to_threshold_mean == 1.5 and grpo.steps_to_threshold_std == 0.5
-    assert grpo.final_accuracy_mean == pytest.approx(0.5) and grpo.final_accuracy_std == pytest.approx(0.1)
+    assert grpo.reached == 2 and grpo.steps_to_threshold_mean == 1.5
+    assert grpo.steps_to_threshold_std == pytest.approx(math.sqrt(0.5))  # sample SD of (1, 2)
+    assert grpo.final_accuracy_mean == pytest.approx(0.5)
+    assert grpo.final_accuracy_std == pytest.approx(statistics.stdev([0.4, 0.6]))  # 0.1414, not the population 0.1
     assert math.isnan(grpo.final_kl_mean) and rows[1].final_kl_mean == pytest.approx(0.1)
     assert rows[1].reached == 0 and math.isnan(rows[1].steps_to_threshold_mean)
     table = to_markdown(rows, settings)
-    assert "| GRPO | 1.5 ± 0.5 (2/2) | 0.200 → 0.500 ± 0.100 |" in table and "— (0/1)" in table
+    assert "| GRPO | 1.5 ± 0.7 (2/2) | 0.200 → 0.500 ± 0.141 |" in table and "— (0/1)" in table
+    assert "sample SD (ddof = 1)" in table
+    assert "| LamPO | — (0/1) | 0.200 → 0.500 |" in table  # one seed: no SD to show
     lines = to_csv(rows).splitlines()
     assert len(lines) == 3 and lines[0].startswith("method,label,seeds,reached")
 
@@ -202,6 +209,30 @@ def test_small_ablation_runs_saves_resumes_and_plots(tmp_path: Path, monkeypatch
     assert [r.steps for r in again] == [r.steps for r in results]
     with pytest.raises(ValueError, match=r"grpo_seed0\.json was run with other settings \(differing: lr\)"):
         run_ablation(replace(settings, lr=1.0), tmp_path)
+
+    # Provenance: every run file says which code, machine and libraries made it, and how long it took.
+    saved = json.loads((tmp_path / "runs" / "grpo_seed0.json").read_text())
+    code = saved["provenance"]["code"]
+    assert code["source_sha256"] == source_digest() and len(code["commit"]) == 40 and isinstance(code["dirty"], bool)
+    assert saved["provenance"]["machine"]["cores"] >= 1 and saved["provenance"]["versions"]["torch"] == torch.__version__
+    assert {"transformers", "vllm"} <= set(saved["provenance"]["versions"]) and saved["seconds"] > 0
+    # Another code version: refused unless asked for; then reused, and the report flags the mix.
+    monkeypatch.setattr(run_mod, "source_digest", lambda: "f" * 64)
+    with pytest.raises(ValueError, match=r"grpo_seed0\.json was made by other code \(src [0-9a-f]{12}, commit "
+                                         r"[0-9a-f]{10}.*now src ffffffffffff\).*--reuse-any-version"):
+        run_ablation(settings, tmp_path)
+    assert [r.steps for r in run_ablation(settings, tmp_path, reuse_any_version=True)] == [r.steps for r in results]
+    old = {k: v for k, v in saved.items() if k != "provenance"}  # a run saved before provenance was recorded
+    (tmp_path / "runs" / "grpo_seed0.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"grpo_seed0\.json was made by code of unknown version"):
+        run_ablation(settings, tmp_path)
+    loaded = run_ablation(settings, tmp_path, reuse_any_version=True)
+    mixed, lines = versions_report([r.provenance for r in loaded])
+    assert mixed and "- unknown: 1 runs" in lines and f"- src {code['source_sha256'][:12]}: 5 runs" in lines
+    assert versions_report([r.provenance for r in results])[0] is False
+    (tmp_path / "runs" / "grpo_seed0.json").write_text(json.dumps(saved))
+    monkeypatch.undo()
+    monkeypatch.setattr(run_mod, "run_one", never)
     (tmp_path / "runs" / "grpo_seed0.json").write_text(json.dumps({"method": "grpo"}))
     with pytest.raises(ValueError, match=r"grpo_seed0\.json is not a saved ablation run"):
         run_ablation(settings, tmp_path)

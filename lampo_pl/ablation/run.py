@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import lightning as L
 import torch
 
 from lampo_pl.ablation.methods import method_preset
+from lampo_pl.ablation.provenance import UNKNOWN, commit_label, provenance, source_digest, version_key
 from lampo_pl.ablation.settings import AblationSettings
 from lampo_pl.callbacks.evaluation import BenchmarkEvaluation
 from lampo_pl.checkpointing import write_text_atomic
@@ -44,6 +46,8 @@ class RunResult:
         evals: Per held-out evaluation, ``{"step", "avg_at_k", "pass_at_k", "grader_failures"}``.
         seconds: Wall time of the run.
         settings: ``AblationSettings.run_identity()`` of the settings it ran with.
+        provenance: Code version, machine and library versions (``provenance.provenance()``) and
+            ``finished`` (UTC time); None in runs saved before it was recorded (their version is "unknown").
     """
 
     method: str
@@ -52,6 +56,7 @@ class RunResult:
     evals: list[dict[str, float]]
     seconds: float
     settings: dict[str, Any]
+    provenance: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -150,7 +155,8 @@ def run_one(settings: AblationSettings, method: str, seed: int, out_dir: str | P
          "grader_failures": float(r["results"][0].get("grader_failures", 0))}
         for r in evaluation.history
     ]
-    result = RunResult(method, seed, history.rows, evals, time.perf_counter() - start, settings.run_identity())
+    record = {**provenance(), "finished": datetime.now(UTC).isoformat(timespec="seconds")}
+    result = RunResult(method, seed, history.rows, evals, time.perf_counter() - start, settings.run_identity(), record)
     save_result(result, out / "runs" / f"{name}.json")
     return result
 
@@ -175,7 +181,9 @@ def load_results(out_dir: str | Path) -> list[RunResult]:
     return sorted((load_result(p) for p in paths), key=lambda r: (r.method, r.seed))
 
 
-def _finished(settings: AblationSettings, path: Path) -> RunResult | None:
+def _finished(settings: AblationSettings, path: Path, current: str | None) -> RunResult | None:
+    """The saved run at ``path`` if it may be reused: same settings, and made by the code version ``current``
+    (``provenance.version_key``; None: any version)."""
     if not path.exists():
         return None
     result = load_result(path)
@@ -183,24 +191,34 @@ def _finished(settings: AblationSettings, path: Path) -> RunResult | None:
         changed = sorted(k for k in settings.run_identity() if result.settings.get(k) != settings.run_identity()[k])
         raise ValueError(f"{path} was run with other settings (differing: {', '.join(changed)}); use another "
                          "output folder or delete it")
+    saved = version_key(result.provenance)
+    if current is not None and saved != current:
+        made = "by code of unknown version" if saved == UNKNOWN else \
+            f"by other code ({saved}, commit {commit_label(result.provenance)}; now {current})"
+        raise ValueError(f"{path} was made {made}: delete it to re-run it, or reuse it anyway with "
+                         "--reuse-any-version (reuse_any_version=True; the report flags mixed versions)")
     return result
 
 
 def run_ablation(
-    settings: AblationSettings, out_dir: str | Path, on_result: Callable[[RunResult], None] | None = None
+    settings: AblationSettings, out_dir: str | Path, on_result: Callable[[RunResult], None] | None = None,
+    reuse_any_version: bool = False,
 ) -> list[RunResult]:
     """Every method × seed, ``settings.workers`` at a time; runs already saved in ``out_dir`` are reused.
 
     Runs go seed by seed (every method of seed 0, then of seed 1, ...), so an ablation stopped early
     still holds complete pairs. Returns them in ``settings.methods`` × ``settings.seeds`` order.
     ``on_result`` is called as each run finishes (or is found finished), e.g. to print progress.
+    A saved run made by another version of ``lampo_pl`` (or of unknown version) raises ``ValueError``
+    unless ``reuse_any_version``: numbers from two code versions would otherwise mix silently.
     """
     out = Path(out_dir)
+    current = None if reuse_any_version else version_key({"code": {"source_sha256": source_digest()}})
     todo: list[tuple[str, int]] = []
     results: dict[tuple[str, int], RunResult] = {}
     for seed in settings.seeds:
         for method in settings.methods:
-            done = _finished(settings, out / "runs" / f"{run_name(method, seed)}.json")
+            done = _finished(settings, out / "runs" / f"{run_name(method, seed)}.json", current)
             if done is None:
                 todo.append((method, seed))
             else:
