@@ -93,8 +93,9 @@ def paired_t_power(delta: float, sd: float, n: int, alpha: float = 0.05) -> floa
         return 1.0 if delta != 0 else alpha
     df = n - 1
     critical = stats.t.ppf(1 - alpha / 2, df)
-    nc = delta * math.sqrt(n) / sd
-    return float(stats.nct.sf(critical, df, nc) + stats.nct.cdf(-critical, df, nc))
+    nc = abs(delta) * math.sqrt(n) / sd  # the power is symmetric in the sign of delta
+    lower = stats.nct.cdf(-critical, df, nc)  # the wrong-sign tail: tiny, and NaN in scipy for large nc
+    return float(stats.nct.sf(critical, df, nc) + (0.0 if math.isnan(lower) else lower))
 
 
 def detectable_effect(sd: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
@@ -105,7 +106,7 @@ def detectable_effect(sd: float, n: int, power: float = 0.8, alpha: float = 0.05
         return math.nan
     if sd == 0:
         return 0.0
-    d = optimize.brentq(lambda d: paired_t_power(d, 1.0, n, alpha) - power, 1e-9, 1e3, xtol=1e-10)
+    d = optimize.brentq(lambda d: paired_t_power(d, 1.0, n, alpha) - power, 1e-9, 1e2, xtol=1e-10)
     return float(d * sd)
 
 
