@@ -40,8 +40,8 @@ from lampo_pl.ablation.inference import (
     power_markdown,
     seeds_needed,
 )
-from lampo_pl.ablation.provenance import source_digest, versions_report
 from lampo_pl.ablation.methods import binary_arm, reference_arm
+from lampo_pl.ablation.provenance import source_digest, versions_report
 from lampo_pl.ablation.summary import (
     curve,
     difference_band,
@@ -226,7 +226,8 @@ def test_small_ablation_runs_saves_resumes_and_plots(tmp_path: Path, monkeypatch
     saved = json.loads((tmp_path / "runs" / "grpo_seed0.json").read_text())
     code = saved["provenance"]["code"]
     assert code["source_sha256"] == source_digest() and len(code["commit"]) == 40 and isinstance(code["dirty"], bool)
-    assert saved["provenance"]["machine"]["cores"] >= 1 and saved["provenance"]["versions"]["torch"] == torch.__version__
+    assert saved["provenance"]["machine"]["cores"] >= 1
+    assert saved["provenance"]["versions"]["torch"] == torch.__version__
     assert {"transformers", "vllm"} <= set(saved["provenance"]["versions"]) and saved["seconds"] > 0
     # Another code version: refused unless asked for; then reused, and the report flags the mix.
     monkeypatch.setattr(run_mod, "source_digest", lambda: "f" * 64)
