@@ -124,8 +124,13 @@ def _quiet(log_file: Path) -> Iterator[None]:
             lightning_log.setLevel(level)
 
 
-def run_one(settings: AblationSettings, method: str, seed: int, out_dir: str | Path) -> RunResult:
-    """Train one (method, seed) run, save it under ``out_dir`` and return it."""
+def run_one(
+    settings: AblationSettings, method: str, seed: int, out_dir: str | Path, origin: dict[str, Any] | None = None
+) -> RunResult:
+    """Train one (method, seed) run, save it under ``out_dir`` and return it.
+
+    ``origin``: the provenance to record (``run_ablation`` takes it once, when it starts: the code a
+    long ablation runs is the code it loaded then, whatever is edited on disk meanwhile); None: now."""
     out = Path(out_dir)
     name = run_name(method, seed)
     threads = torch.get_num_threads()
@@ -155,7 +160,7 @@ def run_one(settings: AblationSettings, method: str, seed: int, out_dir: str | P
          "grader_failures": float(r["results"][0].get("grader_failures", 0))}
         for r in evaluation.history
     ]
-    record = {**provenance(), "finished": datetime.now(UTC).isoformat(timespec="seconds")}
+    record = {**(origin or provenance()), "finished": datetime.now(UTC).isoformat(timespec="seconds")}
     result = RunResult(method, seed, history.rows, evals, time.perf_counter() - start, settings.run_identity(), record)
     save_result(result, out / "runs" / f"{name}.json")
     return result
@@ -213,6 +218,7 @@ def run_ablation(
     unless ``reuse_any_version``: numbers from two code versions would otherwise mix silently.
     """
     out = Path(out_dir)
+    origin = provenance()
     current = None if reuse_any_version else version_key({"code": {"source_sha256": source_digest()}})
     todo: list[tuple[str, int]] = []
     results: dict[tuple[str, int], RunResult] = {}
@@ -227,13 +233,13 @@ def run_ablation(
                     on_result(done)
     if settings.workers == 1:
         for method, seed in todo:
-            results[method, seed] = run_one(settings, method, seed, out)
+            results[method, seed] = run_one(settings, method, seed, out, origin)
             if on_result:
                 on_result(results[method, seed])
     elif todo:
         # spawn, not fork: a forked child would inherit this process's torch thread pools and locks.
         with ProcessPoolExecutor(settings.workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(run_one, settings, m, s, out): (m, s) for m, s in todo}
+            futures = {pool.submit(run_one, settings, m, s, out, origin): (m, s) for m, s in todo}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 if on_result:
