@@ -30,7 +30,7 @@ from pathlib import Path
 from lampo_pl.ablation import PRESETS, load_results, method_preset, preset, run_ablation, summarise, to_csv, to_markdown
 from lampo_pl.ablation.inference import family, family_markdown, interaction_differences, power_markdown
 from lampo_pl.ablation.provenance import machine, versions, versions_report
-from lampo_pl.ablation.settings import AblationSettings
+from lampo_pl.ablation.settings import UNAVAILABLE, AblationSettings
 from lampo_pl.ablation.summary import grader_failures, paired_csv, paired_differences, paired_markdown
 
 OVERRIDABLE = ("model", "steps", "prompts_per_step", "group_size", "max_new_tokens", "temperature", "lr",
@@ -40,7 +40,7 @@ OVERRIDABLE = ("model", "steps", "prompts_per_step", "group_size", "max_new_toke
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--preset", choices=sorted([*PRESETS, *UNAVAILABLE]), default="tiny")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/learning_efficiency/<preset>")
     parser.add_argument("--methods", nargs="+", type=_arm, default=None,
                         help="arms: <base>[+rouge][@field=value], e.g. grpo lampo+rouge@tau=2 (ablation/methods.py)")
@@ -77,7 +77,10 @@ def main() -> None:
     for name in ("engine", "baseline"):
         if getattr(args, name):
             overrides[name] = getattr(args, name)
-    settings = replace(preset(args.preset), **overrides)
+    try:
+        settings = replace(preset(args.preset), **overrides)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     out = args.out or Path(__file__).parent / "results" / "learning_efficiency" / args.preset
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -125,9 +128,9 @@ def report(settings: AblationSettings, results: list, out: Path, name: str, wall
               f"excludes 0 (bold) exactly when Holm rejects at 0.05 (lampo_pl/ablation/inference.py).\n\n"
               f"{family_markdown(cells)}")
     if interactions:
-        inter = family(interactions)
+        inter, base = family(interactions), method_preset(settings.baseline).label
         table += (f"\n### Does the density reward help one method more than another?\n\nPer seed, (arm + ROUGE-L − "
-                  f"arm) − ({settings.baseline} + ROUGE-L − {settings.baseline}): the paired difference-of-"
+                  f"arm) − ({base} + ROUGE-L − {base}): the paired difference-of-"
                   f"differences; its own Holm family ({len(inter)} cells).\n\n{family_markdown(inter)}")
         cells += inter
     table += (f"\n### Power\n\nPer comparison: the sample SD (ddof = 1) of its per-seed differences, the mean "

@@ -343,3 +343,19 @@ def test_difference_of_differences_by_hand() -> None:
     # The same number two ways: (L+r − G+r) − (L − G) from the paired tables' own per-seed differences.
     versus = {r.method: r.auc.values for r in paired_differences(runs, settings)}
     assert np.allclose(np.subtract(versus["lampo+rouge"], versus["lampo"][:3]), expected)
+
+
+def test_resolution_preset_is_the_smollm2_setting_with_more_seeds_and_a_larger_held_out_set() -> None:
+    from lampo_pl.ablation.settings import PRESETS, RESOLUTION_ARMS, UNAVAILABLE
+
+    if "smollm2-resolution" in UNAVAILABLE:  # DelTA / GSPO arms not merged yet: refused in one line, not dropped
+        assert "smollm2-resolution" not in PRESETS
+        with pytest.raises(ValueError, match=r"preset 'smollm2-resolution' is not available in this version: unknown "
+                                             r"ablation method '(delta|gspo)'"):
+            preset("smollm2-resolution")
+        return
+    resolution, smollm2 = preset("smollm2-resolution"), preset("smollm2")
+    assert resolution.methods == RESOLUTION_ARMS == ("grpo", "lampo", "delta", "gspo", "dapo")
+    assert resolution.seeds == tuple(range(24))
+    changed = {k for k, v in resolution.run_identity().items() if smollm2.run_identity()[k] != v}
+    assert changed == {"eval_every", "eval_problems", "eval_k", "track_kl"}  # training itself as in smollm2
