@@ -152,6 +152,8 @@ def run_one(
             )
             L.seed_everything(seed, verbose=False)
             trainer.fit(module, datamodule=data)
+        if trainer.global_step < settings.steps:  # e.g. SIGTERM: Lightning ends fit early, and it must not pass
+            raise RuntimeError(f"{name} stopped after {trainer.global_step} of {settings.steps} steps; not saved")
     finally:
         torch.set_num_threads(threads)
     evals = [
