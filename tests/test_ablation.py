@@ -359,3 +359,28 @@ def test_resolution_preset_is_the_smollm2_setting_with_more_seeds_and_a_larger_h
     assert resolution.seeds == tuple(range(24))
     changed = {k for k, v in resolution.run_identity().items() if smollm2.run_identity()[k] != v}
     assert changed == {"eval_every", "eval_problems", "eval_k", "track_kl"}  # training itself as in smollm2
+
+
+def test_report_only_redraws_every_committed_preset_exactly_without_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh clone's ``--report-only`` reproduces each committed ``table.md`` byte for byte from the run files."""
+    import runpy
+    import shutil
+    import sys
+
+    from lampo_pl.ablation.settings import PRESETS
+
+    results = ROOT / "bench" / "results" / "learning_efficiency"
+    committed = [name for name in PRESETS if (results / name / "runs").is_dir()]
+    assert "smollm2" in committed
+    monkeypatch.setattr(run_mod, "run_one", lambda *a, **k: pytest.fail("--report-only must not train"))
+    for name in committed:
+        out = tmp_path / name
+        shutil.copytree(results / name / "runs", out / "runs")
+        argv = ["learning_efficiency.py", "--preset", name, "--report-only", "--out", str(out)]
+        monkeypatch.setattr(sys, "argv", argv)
+        runpy.run_path(str(ROOT / "bench" / "learning_efficiency.py"), run_name="__main__")
+        assert (out / "table.md").read_text() == (results / name / "table.md").read_text(), name
+        assert (out / "paired.csv").read_text() == (results / name / "paired.csv").read_text(), name
+        assert (out / "differences.png").stat().st_size > 0
