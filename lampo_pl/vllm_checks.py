@@ -59,8 +59,9 @@ def check_vllm_settings(sampling: Any, lora: Any, method: Any) -> None:
       the π_old / π_ref passes and the native sampler use; train mode on a CPU dequantises instead, lines
       400-404): the trainer's outputs are no function of a weight matrix, so no weight push reproduces them.
     - LoRA served by vLLM (``vllm_sync: lora``) above rank 512: vLLM has no kernel for it.
-    - TIS with top-p / top-k: vLLM returns the truncated distribution's log-probs only (its
-      ``processed_logprobs``), so the kernel mismatch TIS corrects cannot be told from the truncation.
+    - A sampler correction (``tis_cap``, ``sampler_correction``) with top-p / top-k: vLLM returns the truncated
+      distribution's log-probs only (its ``processed_logprobs``), so the kernel mismatch the correction weighs
+      cannot be told from the truncation.
     """
     if sampling.engine != "vllm":
         return
@@ -72,12 +73,13 @@ def check_vllm_settings(sampling: Any, lora: Any, method: Any) -> None:
         )
     if sampling.vllm_sync == "lora":
         served_lora_rank(lora.r)
-    truncated = sampling.top_p < 1 or sampling.top_k > 0
-    if truncated and method.tis_cap is not None:
+    mode = method.correction[0]  # tis_cap is token_truncate (settings.MethodArgs.correction)
+    if sampling.logprobs_truncated and mode != "none":
+        setting = f"tis_cap={method.tis_cap}" if method.tis_cap is not None else f"sampler_correction={mode}"
         raise VllmCombinationError(
-            f"model.method.tis_cap={method.tis_cap} with sampling.engine=vllm and top_p={sampling.top_p} / "
-            f"top_k={sampling.top_k}: vLLM returns the truncated distribution's log-probs, so TIS would correct "
-            "the truncation, not the kernel mismatch; set top_p 1.0 and top_k 0, or tis_cap null"
+            f"model.method.{setting} with sampling.engine=vllm and top_p={sampling.top_p} / top_k={sampling.top_k}: "
+            "vLLM returns the truncated distribution's log-probs, so the correction would weigh the truncation, "
+            "not the kernel mismatch; set top_p 1.0 and top_k 0, or no sampler correction"
         )
 
 

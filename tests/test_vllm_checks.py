@@ -58,10 +58,12 @@ def test_served_lora_rank_rounds_up_to_a_rank_vllm_serves_and_refuses_above_512(
     check_vllm_settings(SamplingParams(engine="vllm"), LoraArgs(r=600), MethodArgs())  # merged: any rank
 
 
-def test_tis_with_truncated_vllm_sampling_is_refused_in_one_line() -> None:
+def test_a_sampler_correction_with_truncated_vllm_sampling_is_refused_in_one_line() -> None:
     with pytest.raises(VllmCombinationError, match=r"^model\.method\.tis_cap=2\.0 with .*top_p=0\.9") as error:
         LamPOModule(sampling=SamplingParams(engine="vllm", top_p=0.9), method=MethodArgs(tis_cap=2.0))
     _one_line(error)
+    with pytest.raises(VllmCombinationError, match=r"^model\.method\.sampler_correction=token_mask with .*top_k=5"):
+        LamPOModule(sampling=SamplingParams(engine="vllm", top_k=5), method=MethodArgs(sampler_correction="token_mask"))
     LamPOModule(sampling=SamplingParams(engine="vllm"), method=MethodArgs(tis_cap=2.0))  # untruncated: fine
     LamPOModule(sampling=SamplingParams(engine="vllm", top_k=5))  # truncated without TIS: fine
 
