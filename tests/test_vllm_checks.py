@@ -114,6 +114,9 @@ def test_the_engines_context_fits_its_kv_cache_and_too_long_is_one_line(tmp_path
         engine = shared_engine(model, sync="merged", kv_cache_gib=1, gpu_memory_utilization=0.3, sleep=False,
                                max_context=None)  # fmt: skip
         assert 32768 < engine.max_model_len < 131072
+        for module in ("inplace", "layerwise"):  # the started engine filters its per-sync warnings (issue 25)
+            logger = logging.getLogger(f"vllm.model_executor.model_loader.reload.{module}")
+            assert any(isinstance(f, HarmlessSyncWarnings) for f in logger.filters)
         sampling = SamplingParams(engine="vllm", max_new_tokens=engine.max_model_len)
         with pytest.raises(VllmCombinationError, match=r"needs \d+ tokens, and the vLLM engine's KV cache holds \d+ "
                            r"per sequence: raise model\.sampling\.vllm_kv_cache_gib") as error:  # fmt: skip
