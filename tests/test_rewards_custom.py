@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from lampo_pl.data.columns import ColumnMapping
 from lampo_pl.data.record import Problem
@@ -364,3 +365,26 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
+
+
+def test_fit_stops_at_the_first_rollout_when_a_reward_expects_another_format(user_module: str) -> None:
+    """The training loop passes chat messages (its prompts are rendered from them) and runs the preflight on the
+    first rollout: a plain-text function left at ``completion_format: auto`` stops the run before any update."""
+    from test_module import fit
+
+    from lampo_pl.module import LamPOModule
+    from lampo_pl.policy import adapter_state
+    from lampo_pl.rollout import SamplingParams
+    from lampo_pl.settings import ComputeArgs, MethodArgs, RewardArgs
+
+    module = LamPOModule(model="tiny:qwen3", group_size=2, prompts_per_step=2, method=MethodArgs(estimator="grpo"),
+                         sampling=SamplingParams(temperature=1.0, max_new_tokens=4),
+                         compute=ComputeArgs(micro_batch_size=4),
+                         rewards=RewardArgs(custom=(CustomReward(f"{user_module}.plain_text"),)))
+    module.configure_model()
+    before = {k: v.clone() for k, v in adapter_state(module.policy_model, "policy").items()}
+    with pytest.raises(RewardFunctionError, match=r"plain_text failed on the first batch, before training: raised "
+                                                  r"AttributeError.*given completions as messages"):
+        fit(module, steps=1)
+    after = adapter_state(module.policy_model, "policy")
+    assert all(torch.equal(before[k], after[k]) for k in before)
