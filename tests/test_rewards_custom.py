@@ -388,3 +388,15 @@ def test_fit_stops_at_the_first_rollout_when_a_reward_expects_another_format(use
         fit(module, steps=1)
     after = adapter_state(module.policy_model, "policy")
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_trainer_state_reads_the_run_like_trls() -> None:
+    """``trainer_state``: the step, the budget (``trainer.max_steps``; -1 is unbounded: 0, as TRL's default) and
+    the fractional epoch of the DataModule's position (TRL's ``TrainerState.epoch``)."""
+    from types import SimpleNamespace
+
+    data = SimpleNamespace(position=lambda: (2, 3), batches_per_epoch=4)
+    trainer = SimpleNamespace(datamodule=data, current_epoch=2, max_steps=40)
+    assert TrainerProgress.of(trainer, 11) == TrainerProgress(global_step=11, max_steps=40, epoch=2.75)
+    bare = SimpleNamespace(datamodule=None, current_epoch=1, max_steps=-1)
+    assert TrainerProgress.of(bare, 5) == TrainerProgress(global_step=5, max_steps=0, epoch=1.0)
