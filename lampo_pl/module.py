@@ -28,9 +28,9 @@ from lampo_pl.data.record import Problem
 from lampo_pl.dynamic_sampling import SamplingRounds
 from lampo_pl.evaluation_steps import EvaluationSteps
 from lampo_pl.logprobs import token_logprobs
-from lampo_pl.losses import BatchCounts, aggregate, batch_counts, clipped_policy_loss, sequence_coefficients
+from lampo_pl.losses import BatchCounts, batch_counts, sequence_coefficients
 from lampo_pl.metrics import mean_loss_stats
-from lampo_pl.mismatch import MismatchMeter, truncated_is_weights
+from lampo_pl.mismatch import MismatchMeter
 from lampo_pl.optim import build_optimizer, build_scheduler
 from lampo_pl.policy import load_policy, reference_adapter, trainable_parameters
 from lampo_pl.rewards import RewardBatch, check_custom_rewards
@@ -47,6 +47,7 @@ from lampo_pl.settings import (
     check_batch_shape,
     filter_signal_of,
 )
+from lampo_pl.step_loss import micro_batch_loss
 from lampo_pl.step_metrics import OptimResult, Phases, StepRecord, step_metrics
 from lampo_pl.trajectory import Trajectory, micro_batches
 from lampo_pl.vllm_engine import close_engine, step_seed
@@ -183,9 +184,9 @@ class LamPOModule(SamplingSteps, EvaluationSteps, L.LightningModule):
         rollout = generate_rollout(
             self.policy_model, self.tokenizer, prompts, self.group_size, self.sampling,
             max_context=self.max_context, generation_batch_size=self.generation_batch_size,
-            # With vLLM the sampler's log-probs come free; the mismatch metrics and TIS read them.
+            # With vLLM the sampler's log-probs come free; the mismatch metrics and its correction read them.
             record_logprobs=self.sampler_records_old_logprobs or self.sampling.engine == "vllm"
-            or self.method.tis_cap is not None,
+            or self.method.correction[0] != "none",
             seed=step_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), self.global_step, self.global_rank, round_index),
         )
         return rollout, [q for q in batch for _ in range(self.group_size)]
@@ -333,24 +334,10 @@ class LamPOModule(SamplingSteps, EvaluationSteps, L.LightningModule):
         )
 
     def micro_batch_loss(self, view: Trajectory, coefficients: Tensor) -> tuple[Tensor, Any, Tensor]:
-        """Loss of one micro-batch view, scaled (``coefficients`` [n]) so that the micro-batches sum to the
-        full-batch loss."""
-        m = self.method
-        assert view.advantages is not None
+        """Loss of one micro-batch view (``step_loss.micro_batch_loss``), scaled (``coefficients`` [n]) so that
+        the micro-batches sum to the full-batch loss."""
         logp, entropy = self.policy_logprobs(view, with_entropy=True)  # [n, l]
-        old = view.old_logprobs_for(logp)  # [n, l]
-        sampled = view.sampler_logprobs  # [n, l] or None
-        if sampled is not None:  # the sampler–trainer mismatch, logged every step
-            self.mismatch.add(old, sampled, view.loss_mask)
-        tis = None if sampled is None or m.tis_cap is None else truncated_is_weights(old, sampled, m.tis_cap)
-        per_token, st = clipped_policy_loss(logp, old, view.advantages, view.loss_mask,
-                                            eps_low=m.eps_low, eps_high=m.eps_high, dual_clip=m.dual_clip,
-                                            ref_logp=view.ref_logprobs, beta=m.beta,
-                                            kl_estimator=m.kl_estimator, is_weights=tis)  # [n, l]
-        loss = aggregate(per_token, view.loss_mask, coefficients)
-        ent = entropy if entropy is not None else torch.zeros_like(logp)  # [n, l]
-        mean_entropy = (ent.detach() * view.loss_mask).sum() / view.loss_mask.sum().clamp(min=1)
-        return loss, st, mean_entropy
+        return micro_batch_loss(logp, entropy, view, coefficients, self.method, self.mismatch)
 
     def clip_and_norm(self) -> float:
         """Global grad-norm of everything trained (clipped to ``optim.grad_clip`` when > 0)."""
