@@ -23,6 +23,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from lampo_pl import settings
 from lampo_pl.advantages import AdvantageOutput, confidence_scores, estimate_advantages
 from lampo_pl.data.record import Problem
 from lampo_pl.dynamic_sampling import SamplingRounds
@@ -37,16 +38,7 @@ from lampo_pl.rewards import RewardBatch, check_custom_rewards
 from lampo_pl.rewards.custom import RewardGuard
 from lampo_pl.rollout import Rollout, SamplingParams, generate_rollout
 from lampo_pl.sampling_rounds import SamplingSteps
-from lampo_pl.settings import (
-    ComputeArgs,
-    LoraArgs,
-    MethodArgs,
-    OptimArgs,
-    PromptArgs,
-    RewardArgs,
-    check_batch_shape,
-    filter_signal_of,
-)
+from lampo_pl.settings import ComputeArgs, LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs
 from lampo_pl.step_loss import micro_batch_loss
 from lampo_pl.step_metrics import OptimResult, Phases, StepRecord, step_metrics
 from lampo_pl.trajectory import Trajectory, micro_batches
@@ -110,10 +102,11 @@ class LamPOModule(SamplingSteps, EvaluationSteps, L.LightningModule):
         self.track_kl = track_kl
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold only the adapters and λ, never the frozen base
-        check_batch_shape(prompts_per_step, group_size, self.compute.micro_batch_size, self.method.num_iterations)
+        settings.check_batch_shape(prompts_per_step, group_size, self.compute.micro_batch_size,
+                                   self.method.num_iterations)
         check_custom_rewards(self.reward_args.custom)  # an unknown import path fails here, before any model loads
         check_vllm_settings(self.sampling, self.lora, self.method)  # combinations vLLM would not serve exactly
-        self.filter_signal = filter_signal_of(self.method, self.reward_args)  # DAPO's group filter, or None
+        self.filter_signal = settings.filter_signal_of(self.method, self.reward_args)  # DAPO's group filter, or None
         self.reward_guard = RewardGuard(self.reward_args.failure_limit)  # custom rewards: preflight, failure streaks
         self.lam = nn.Parameter(torch.tensor(float(self.method.lambda_init))) if self.uses_lambda else None
         self.policy_model: nn.Module | None = None

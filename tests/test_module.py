@@ -166,7 +166,7 @@ def test_non_finite_loss_skips_the_step(monkeypatch: pytest.MonkeyPatch, caplog:
     module = make("grpo", beta=0.0)
     module.configure_model()
     before = adapter_state(module.policy_model, "policy")
-    original = step_loss.aggregate
+    original = step_loss.aggregate  # the loss of a micro-batch is aggregated there (lampo_pl/step_loss.py)
     monkeypatch.setattr(step_loss, "aggregate", lambda *a, **k: original(*a, **k) * float("nan"))
     trainer = fit(module, steps=2)
     after = adapter_state(module.policy_model, "policy")
