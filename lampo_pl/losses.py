@@ -78,6 +78,19 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: KLEstimator = "k3") ->
     return torch.exp(ref_minus) - ref_minus - 1.0  # [N, L]
 
 
+def checked_advantages(advantages: Tensor, logp: Tensor) -> Tensor:
+    """The advantages, detached, broadcastable against ``logp`` ``[N, L]``: ``[N]`` -> ``[N, 1]``, ``[N, L]`` kept.
+
+    A per-sequence advantage (every estimator) multiplies each token of its response; a per-token one
+    (DelTA's reshaping, lampo_pl/delta.py) multiplies its own token. Anything else is refused in one line.
+    """
+    if advantages.shape == logp.shape[:1]:
+        return advantages.detach()[:, None]  # [N, 1]
+    if advantages.shape == logp.shape:
+        return advantages.detach()  # [N, L]
+    raise ValueError(f"advantages {tuple(advantages.shape)} must be [N] or [N, L] with [N, L] = {tuple(logp.shape)}")
+
+
 def clipped_policy_loss(
     logp: Tensor,
     old_logp: Tensor,
@@ -97,7 +110,7 @@ def clipped_policy_loss(
     Args:
         logp: ``[N, L]`` log π_θ of the sampled tokens (carries the gradient).
         old_logp: ``[N, L]`` log π_old (rollout policy), a constant.
-        advantages: ``[N]`` one advantage per response, a constant.
+        advantages: ``[N]`` one advantage per response, or ``[N, L]`` one per token (DelTA), a constant.
         mask: ``[N, L]`` 1 on tokens that count (used for the statistics; apply it in ``aggregate``).
         eps_low, eps_high: clip range ``[1−ε_low, 1+ε_high]``.
         dual_clip: ``c > 1`` bounds the loss of tokens with ``A < 0`` at ``−c·A``; ``None`` is off.
@@ -117,14 +130,12 @@ def clipped_policy_loss(
             f"logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)} and mask {tuple(mask.shape)} "
             "must have the same [N, L] shape"
         )
-    if advantages.shape != logp.shape[:1]:
-        raise ValueError(f"advantages {tuple(advantages.shape)} must be [N] with N = {logp.shape[0]}")
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1 (e.g. 3.0), got {dual_clip}")
     if beta > 0 and ref_logp is None:
         raise ValueError("beta > 0 needs ref_logp (the reference policy's log-probs)")
 
-    adv = advantages.detach()[:, None]  # [N, 1]
+    adv = checked_advantages(advantages, logp)  # [N, 1] or [N, L]
     log_ratio = (logp - old_logp.detach()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [N, L]
     ratio = torch.exp(log_ratio)  # [N, L] ρ
     unclipped = -adv * ratio  # [N, L]

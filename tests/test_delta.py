@@ -12,8 +12,14 @@ import math
 
 import pytest
 import torch
+from test_module import ScriptedReward, fit, make  # tests/ is on sys.path under pytest (no package)
 
+import lampo_pl.delta_step as delta_step
 from lampo_pl.delta import delta_advantages
+from lampo_pl.logprobs import position_ids_from_mask
+from lampo_pl.module import LamPOModule
+from lampo_pl.settings import ComputeArgs, MethodArgs, SettingsError
+from lampo_pl.trajectory import Trajectory, micro_batches
 
 
 def loop_delta(
@@ -148,3 +154,98 @@ def test_bad_shapes_are_refused() -> None:
         delta_advantages(adv[:-1], hidden, logp, mask)
     with pytest.raises(ValueError, match="weight_min <= weight_max"):
         delta_advantages(adv, hidden, logp, mask, weight_min=1.3, weight_max=1.2)
+
+
+# ---- in the training step ---------------------------------------------------------------------------------------
+
+
+def count_teacher_forced_passes(module: LamPOModule) -> list[int]:
+    """A list that grows by one per decoder call with ``use_cache=False`` (π_old, π_ref and loss micro-batches;
+    the sampler's decode steps use the cache and are not counted)."""
+    assert module.policy_model is not None
+    calls: list[int] = []
+
+    def hook(mod: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if kwargs.get("use_cache") is False:
+            calls.append(1)
+
+    module.policy_model.get_base_model().get_decoder().register_forward_pre_hook(hook, with_kwargs=True)
+    return calls
+
+
+@pytest.mark.parametrize(("estimator", "iters", "extra"), [("grpo", 2, 0), ("lampo", 2, 0), ("grpo", 1, 2)])
+def test_delta_takes_its_features_from_the_pi_old_pass(estimator: str, iters: int, extra: int) -> None:
+    """DelTA on vs off: the same teacher-forced forwards at μ > 1 (π_old runs anyway). At μ = 1 the μ = 1 identity
+    skips π_old; DelTA runs that one no-grad pass (2 micro-batches here), not the reference's K + 3."""
+    counts = []
+    for delta in (False, True):
+        module = make(estimator, beta=0.0, iters=iters, delta=delta)
+        module.configure_model()
+        calls = count_teacher_forced_passes(module)
+        fit(module, steps=1)
+        counts.append(len(calls))
+    assert counts[1] == counts[0] + extra, counts
+
+
+class SpyLoss(ScriptedReward):
+    """Keeps the advantages each micro-batch loss received and the step's π_old inputs."""
+
+    def micro_batch_loss(self, view: Trajectory, coefficients: torch.Tensor):  # type: ignore[no-untyped-def]
+        self.seen_advantages = [*getattr(self, "seen_advantages", []), (view.advantages, view.loss_mask)]
+        return super().micro_batch_loss(view, coefficients)
+
+
+def test_step_feeds_the_loss_delta_of_the_estimators_advantage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loss gets, per micro-batch, the rows of delta_advantages(estimator's [N] advantages, h, log π_old), with h
+    equal to an independent ``output_hidden_states`` pass: the hook's placement of chunked, micro-batched head
+    inputs is right. lr = 0 keeps the policy at π_old, so the pass after the step sees what the step saw."""
+    seen: dict[str, torch.Tensor] = {}
+    original = delta_step.delta_advantages
+
+    def spy(adv, hidden, logp, mask, **kw):  # type: ignore[no-untyped-def]
+        seen.update(adv=adv, hidden=hidden, logp=logp, mask=mask)
+        return original(adv, hidden, logp, mask, **kw)
+
+    monkeypatch.setattr(delta_step, "delta_advantages", spy)
+    module = make("grpo", beta=0.0, iters=2, lr=0.0, delta=True, cls=SpyLoss)
+    module.compute = ComputeArgs(micro_batch_size=4, logprob_chunk=5)  # several head chunks per micro-batch
+    fit(module, steps=1)
+    rollout = module.seen_rollout
+    assert module.policy_model is not None
+    with torch.no_grad():
+        module.policy_model.eval()
+        out = module.policy_model(
+            input_ids=rollout.input_ids,
+            attention_mask=rollout.attention_mask,
+            position_ids=position_ids_from_mask(rollout.attention_mask),
+            output_hidden_states=True,
+        )
+    p, width = rollout.prompt_len, rollout.input_ids.shape[1]
+    expected_h = out.hidden_states[-1][:, p - 1 : width - 1]  # [N, L, H] the positions that predict the response
+    mask = rollout.response_mask > 0
+    torch.testing.assert_close(seen["hidden"][mask], expected_h[mask], rtol=1e-5, atol=1e-5)
+    assert torch.equal(seen["mask"], rollout.response_mask.to(seen["mask"].dtype))
+    expected = original(seen["adv"], seen["hidden"], seen["logp"], seen["mask"]).advantages  # [N, L]
+    views = module.seen_advantages[: len(module.seen_advantages) // 2]  # the first of the μ = 2 passes
+    for rows, (adv, _) in zip(micro_batches(Trajectory.of(rollout), 4), views, strict=True):
+        assert adv.shape == (len(rows), adv.shape[1])  # [n, l]: per token
+        torch.testing.assert_close(adv, expected[rows, : adv.shape[1]].to(adv.dtype))
+    assert bool((expected[mask] != 0).any())
+
+
+def test_smoke_fit_with_delta_logs_its_scale() -> None:
+    for estimator in ("grpo", "lampo"):
+        trainer = fit(make(estimator, beta=0.0, delta=True), steps=2)
+        assert trainer.global_step == 2
+        scale = float(trainer.callback_metrics["train/delta_scale"])
+        assert math.isfinite(scale) and scale > 0
+        assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+
+
+def test_delta_settings_are_checked() -> None:
+    with pytest.raises(SettingsError, match=r"delta_weight_min=-0\.1"):
+        MethodArgs(delta=True, delta_weight_min=-0.1)
+    with pytest.raises(SettingsError, match=r"delta_weight_max=0\.5"):
+        MethodArgs(delta=True, delta_weight_max=0.5)
+    with pytest.raises(SettingsError, match=r"delta_rounds=-1"):
+        MethodArgs(delta=True, delta_rounds=-1)
