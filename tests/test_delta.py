@@ -13,11 +13,14 @@ import math
 import pytest
 import torch
 from test_module import ScriptedReward, fit, make  # tests/ is on sys.path under pytest (no package)
+from test_rollout import _boost_eos
 
 import lampo_pl.delta_step as delta_step
 from lampo_pl.delta import delta_advantages
 from lampo_pl.logprobs import position_ids_from_mask
+from lampo_pl.losses import clipped_policy_loss
 from lampo_pl.module import LamPOModule
+from lampo_pl.rollout import stop_token_ids
 from lampo_pl.settings import ComputeArgs, MethodArgs, SettingsError
 from lampo_pl.trajectory import Trajectory, micro_batches
 
@@ -209,8 +212,12 @@ def test_step_feeds_the_loss_delta_of_the_estimators_advantage(monkeypatch: pyte
     monkeypatch.setattr(delta_step, "delta_advantages", spy)
     module = make("grpo", beta=0.0, iters=2, lr=0.0, delta=True, cls=SpyLoss)
     module.compute = ComputeArgs(micro_batch_size=4, logprob_chunk=5)  # several head chunks per micro-batch
+    module.configure_model()
+    _boost_eos(module.policy_model, stop_token_ids(module.policy_model, module.tokenizer)[0])  # ragged responses
     fit(module, steps=1)
     rollout = module.seen_rollout
+    order = torch.cat(micro_batches(Trajectory.of(rollout), 4))
+    assert not torch.equal(order, torch.arange(order.numel())), "rows must be reordered for the test to mean much"
     assert module.policy_model is not None
     with torch.no_grad():
         module.policy_model.eval()
@@ -249,3 +256,27 @@ def test_delta_settings_are_checked() -> None:
         MethodArgs(delta=True, delta_weight_max=0.5)
     with pytest.raises(SettingsError, match=r"delta_rounds=-1"):
         MethodArgs(delta=True, delta_rounds=-1)
+
+
+def test_clipped_loss_takes_per_token_advantages() -> None:
+    """[N, L] advantages multiply their own token: equal rows reproduce the [N] loss; one token's value moves only
+    that token's loss; a wrong shape is refused."""
+    gen = torch.Generator().manual_seed(0)
+    logp, old = (
+        -torch.rand(3, 4, generator=gen, dtype=torch.float64),
+        -torch.rand(3, 4, generator=gen, dtype=torch.float64),
+    )
+    mask, adv = torch.ones(3, 4, dtype=torch.float64), torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    seq, _ = clipped_policy_loss(logp, old, adv, mask)
+    tok, _ = clipped_policy_loss(logp, old, adv[:, None].expand(3, 4).clone(), mask)
+    torch.testing.assert_close(tok, seq)
+    per_token = adv[:, None].expand(3, 4).clone()
+    per_token[1, 2] = 3.0
+    moved, _ = clipped_policy_loss(logp, old, per_token, mask)
+    changed = (moved != seq).nonzero().tolist()
+    assert changed == [[1, 2]]
+    ratio = torch.exp(logp - old)[1, 2]
+    expected = -torch.minimum(ratio * 3.0, ratio.clamp(0.8, 1.2) * 3.0)  # PPO-clip with A = 3
+    torch.testing.assert_close(moved[1, 2], expected)
+    with pytest.raises(ValueError, match=r"must be \[N\] or \[N, L\]"):
+        clipped_policy_loss(logp, old, adv[:2], mask)
