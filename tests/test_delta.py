@@ -9,6 +9,7 @@ code under test uses none of these forms (projections h·μ, a centred variance)
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from test_module import ScriptedReward, fit, make  # tests/ is on sys.path under
 from test_rollout import _boost_eos
 
 import lampo_pl.delta_step as delta_step
+from lampo_pl.ablation.methods import METHODS, binary_arm, method_preset
 from lampo_pl.delta import delta_advantages
 from lampo_pl.logprobs import position_ids_from_mask
 from lampo_pl.losses import clipped_policy_loss
@@ -280,3 +282,19 @@ def test_clipped_loss_takes_per_token_advantages() -> None:
     torch.testing.assert_close(moved[1, 2], expected)
     with pytest.raises(ValueError, match=r"must be \[N\] or \[N, L\]"):
         clipped_policy_loss(logp, old, adv[:2], mask)
+
+
+def test_ablation_arms() -> None:
+    """``delta`` is the paper's GRPO + DelTA (configs/qwen3-1.7b-delta.yaml, checked by test_ablation); ``+delta``
+    turns DelTA on over any base's advantage."""
+    arm = method_preset("lampo+delta")
+    assert arm.method == replace(METHODS["lampo"].method, delta=True) and arm.label == "LamPO + DelTA"
+    assert arm.base == "lampo" and not arm.density
+    both = method_preset("lampo+delta+rouge@tau=2")
+    assert both.method == replace(METHODS["lampo"].method, delta=True, tau=2.0) and both.density
+    assert both.label == "LamPO + DelTA + ROUGE-L τ=2"
+    paper = method_preset("delta")
+    assert paper.method.delta and paper.method.estimator == "grpo" and paper.label == "GRPO + DelTA"
+    assert binary_arm("lampo+delta+rouge") == "lampo+delta"
+    with pytest.raises(ValueError, match="unknown ablation method"):
+        method_preset("lampo+rouge+delta")
