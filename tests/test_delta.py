@@ -20,8 +20,8 @@ import lampo_pl.delta_step as delta_step
 from lampo_pl.ablation.methods import METHODS, binary_arm, method_preset
 from lampo_pl.delta import delta_advantages
 from lampo_pl.logprobs import position_ids_from_mask
-from lampo_pl.losses import clipped_policy_loss
 from lampo_pl.module import LamPOModule
+from lampo_pl.policy_losses import policy_loss
 from lampo_pl.rollout import stop_token_ids
 from lampo_pl.settings import ComputeArgs, MethodArgs, SettingsError
 from lampo_pl.trajectory import Trajectory, micro_batches
@@ -260,28 +260,27 @@ def test_delta_settings_are_checked() -> None:
         MethodArgs(delta=True, delta_rounds=-1)
 
 
-def test_clipped_loss_takes_per_token_advantages() -> None:
-    """[N, L] advantages multiply their own token: equal rows reproduce the [N] loss; one token's value moves only
-    that token's loss; a wrong shape is refused."""
+@pytest.mark.parametrize("kind", ["clip", "gspo", "cispo", "sapo"])
+def test_every_policy_loss_takes_per_token_advantages(kind: str) -> None:
+    """DelTA composes with every surrogate: [N, L] advantages equal along each row reproduce the [N] loss; under
+    clip, one token's value moves only that token's loss, by PPO-clip's formula; a wrong shape is refused."""
     gen = torch.Generator().manual_seed(0)
-    logp, old = (
-        -torch.rand(3, 4, generator=gen, dtype=torch.float64),
-        -torch.rand(3, 4, generator=gen, dtype=torch.float64),
-    )
+    logp = -torch.rand(3, 4, generator=gen, dtype=torch.float64)
+    old = -torch.rand(3, 4, generator=gen, dtype=torch.float64)
     mask, adv = torch.ones(3, 4, dtype=torch.float64), torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
-    seq, _ = clipped_policy_loss(logp, old, adv, mask)
-    tok, _ = clipped_policy_loss(logp, old, adv[:, None].expand(3, 4).clone(), mask)
+    seq, _ = policy_loss(logp, old, adv, mask, kind=kind)  # type: ignore[arg-type]
+    tok, _ = policy_loss(logp, old, adv[:, None].expand(3, 4).clone(), mask, kind=kind)  # type: ignore[arg-type]
     torch.testing.assert_close(tok, seq)
+    with pytest.raises(ValueError, match=r"must be \[N\] or \[N, L\]"):
+        policy_loss(logp, old, adv[:2], mask, kind=kind)  # type: ignore[arg-type]
+    if kind != "clip":
+        return
     per_token = adv[:, None].expand(3, 4).clone()
     per_token[1, 2] = 3.0
-    moved, _ = clipped_policy_loss(logp, old, per_token, mask)
-    changed = (moved != seq).nonzero().tolist()
-    assert changed == [[1, 2]]
+    moved, _ = policy_loss(logp, old, per_token, mask)
+    assert (moved != seq).nonzero().tolist() == [[1, 2]]
     ratio = torch.exp(logp - old)[1, 2]
-    expected = -torch.minimum(ratio * 3.0, ratio.clamp(0.8, 1.2) * 3.0)  # PPO-clip with A = 3
-    torch.testing.assert_close(moved[1, 2], expected)
-    with pytest.raises(ValueError, match=r"must be \[N\] or \[N, L\]"):
-        clipped_policy_loss(logp, old, adv[:2], mask)
+    torch.testing.assert_close(moved[1, 2], -torch.minimum(ratio * 3.0, ratio.clamp(0.8, 1.2) * 3.0))  # A = 3
 
 
 def test_ablation_arms() -> None:
