@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from lampo_pl import settings
 from lampo_pl.advantages import AdvantageOutput, confidence_scores, estimate_advantages
 from lampo_pl.data.record import Problem
+from lampo_pl.delta_step import DeltaSteps
 from lampo_pl.dynamic_sampling import SamplingRounds
 from lampo_pl.evaluation_steps import EvaluationSteps
 from lampo_pl.logprobs import token_logprobs
@@ -48,7 +49,7 @@ from lampo_pl.vllm_engine import close_engine, step_seed
 log = logging.getLogger(__name__)
 
 
-class LamPOModule(SamplingSteps, EvaluationSteps, L.LightningModule):
+class LamPOModule(DeltaSteps, SamplingSteps, EvaluationSteps, L.LightningModule):
     """Critic-free RL fine-tuning of a causal LM with LamPO or a GRPO-family baseline."""
 
     def __init__(
@@ -158,12 +159,12 @@ class LamPOModule(SamplingSteps, EvaluationSteps, L.LightningModule):
         sample = self.sample_batch(batch, phases)  # rollout + rewards; DAPO refill rounds
         rollout, scored = sample.rollout, sample.scored
         traj = Trajectory.of(rollout, self.loss_mask(rollout, sample.keep), sample.keep)
-        with phases("old_logprobs"):
+        with phases("old_logprobs"), self.delta_features(traj) as delta:  # DelTA's h: from this pass (delta_step.py)
             old_logp, confidence_logp = self.old_policy_logprobs(traj, rollout)
         with phases("ref_logprobs"):
             ref_logp = self.reference_logprobs(traj)
         advantages = self.advantages(scored, rollout, confidence_logp)
-        traj = replace(traj, advantages=advantages.advantages, old_logprobs=old_logp, ref_logprobs=ref_logp)
+        traj = replace(traj, advantages=delta(advantages, old_logp), old_logprobs=old_logp, ref_logprobs=ref_logp)
         with phases("optimisation"):
             result = self.optimise(traj, sample.problems)
         metrics = self.log_step(rollout, scored, advantages, result, phases, sample.stats, keep=sample.keep)
@@ -218,16 +219,15 @@ class LamPOModule(SamplingSteps, EvaluationSteps, L.LightningModule):
         """log π_old ``[N, L]``, decided here and nowhere else: ``(for the loss, for LamPO's confidence scores)``.
 
         π_old is the policy that sampled the rollout.
-        - μ > 1: the policy moves within the step, so one no-grad pass freezes π_old before the first
-          update; the loss and the confidence scores both read it.
-        - μ = 1: the μ = 1 identity: the policy being optimised *is* π_old, so the loss takes the
-          detached current log-probs (``None`` here; ``Trajectory.old_logprobs_for``) and no pass runs.
-          LamPO's confidence scores are needed before the loss pass: they take the log-probs the
-          sampler recorded while drawing the tokens (equal to a teacher-forced pass up to float
-          rounding, tests/test_perf.py), or one no-grad pass from a sampler that did not record them.
+        - μ > 1, or DelTA on (its hidden states come from this pass): one no-grad pass freezes π_old before
+          the first update; the loss and the confidence scores both read it.
+        - μ = 1: the μ = 1 identity: the policy being optimised *is* π_old, so the loss takes the detached current
+          log-probs (``None`` here; ``Trajectory.old_logprobs_for``) and no pass runs. LamPO's confidence scores,
+          needed before the loss pass, take the log-probs the sampler recorded while drawing the tokens (equal to a
+          teacher-forced pass up to float rounding, tests/test_perf.py), or a no-grad pass from a sampler that did not.
         """
         lampo = self.method.estimator == "lampo"
-        if self.method.num_iterations > 1:
+        if self.method.num_iterations > 1 or self.method.delta:
             old = self.logprobs_no_grad(traj)
             return old, (old if lampo else None)
         if not lampo:
