@@ -33,6 +33,7 @@ from lampo_pl.metrics import mean_loss_stats
 from lampo_pl.mismatch import MismatchMeter, truncated_is_weights
 from lampo_pl.optim import build_optimizer, build_scheduler
 from lampo_pl.policy import load_policy, reference_adapter, trainable_parameters
+from lampo_pl.preflight import run_preflight
 from lampo_pl.rewards import RewardBatch, RewardSpec, check_custom_rewards, score_responses
 from lampo_pl.rollout import Rollout, SamplingParams, generate_rollout
 from lampo_pl.settings import ComputeArgs, LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs
@@ -138,6 +139,9 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         opt = build_optimizer(trainable_parameters(self.policy_model), self.lam, self.optim)
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
         return {"optimizer": opt, "lr_scheduler": {"scheduler": build_scheduler(opt, self.optim, total)}}
+
+    def on_train_start(self) -> None:
+        run_preflight(self)  # the worst step once, before the first: out of memory in minute one (preflight.py)
 
     def reward_specs(self) -> list[RewardSpec]:
         r = self.reward_args

@@ -201,6 +201,18 @@ class VllmEngine:
             rows.append((tokens, [step[t].logprob for step, t in zip(done.logprobs, tokens, strict=True)]))
         return rows
 
+    def kv_cache_tokens(self) -> int | None:
+        """Tokens the engine's KV cache holds (what vLLM logs as its KV cache size at start); None if unknown."""
+        cache = getattr(getattr(self.llm.llm_engine, "vllm_config", None), "cache_config", None)
+        blocks = getattr(cache, "num_gpu_blocks", None)  # set by EngineCore once it has sized the cache
+        return int(blocks) * int(cache.block_size) if blocks else None
+
+    def rest(self) -> None:
+        """Sleep until the next `sync` when sleep mode is on (CUDA), as between steps; else nothing."""
+        if self.sleeps:
+            with preserved_process_state():
+                self.llm.sleep(level=1)
+
     def close(self) -> None:
         """Free the engine (its KV cache is reserved up front) and its adapter folders."""
         del self.llm
