@@ -1,8 +1,8 @@
 """Preflight (lampo_pl/preflight.py): the worst step once before the first, out of memory in one line.
 
 The memory tests run ``lampo fit`` in a child process whose address space is capped (``RLIMIT_AS``) at
-train start (tests/scripts/memory_limit.py), with the tiny model at 1,900 response tokens: the worst
-micro-batch of 8 needs ~0.45 GiB beyond the process's start-up, one of 2 ~0.1 GiB (measured, peak RSS).
+train start (tests/scripts/memory_limit.py) at 96 MiB above what is in use, with the tiny model at 1,000
+response tokens: there the worst micro-batch of 8 does not fit and one of 4 or 2 does (measured).
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ import pytest
 import torch
 
 from lampo_pl.data.datamodule import ProblemDataModule
+from lampo_pl.data.record import Problem
 from lampo_pl.module import LamPOModule
 from lampo_pl.policy import adapter_state
 from lampo_pl.preflight import WorstCase, failure_line, is_out_of_memory, requested_bytes
-from lampo_pl.rollout import SamplingParams
+from lampo_pl.rewards import RewardBatch
+from lampo_pl.rollout import Rollout, SamplingParams
 from lampo_pl.settings import ComputeArgs, LoraArgs, MethodArgs, OptimArgs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,9 +39,18 @@ class RecordLosses(L.Callback):
         self.losses.append(float(trainer.callback_metrics["train/loss"]))
 
 
+class LengthReward(LamPOModule):
+    """Reward = fraction of the response budget used, + 0.1 on odd rows: every group has a gradient."""
+
+    def score(self, rollout: Rollout, problems: list[Problem]) -> RewardBatch:
+        total = (rollout.response_lengths.float() / self.sampling.max_new_tokens).tolist()
+        total = [t + 0.1 * (i % 2) for i, t in enumerate(total)]  # differs even when every response is truncated
+        return RewardBatch(total=total, components={"length": total}, correct=[0.0] * len(total), diagnostics={})
+
+
 def _fit(preflight: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
     L.seed_everything(0, verbose=False)
-    module = LamPOModule(model="tiny:qwen3", group_size=4, prompts_per_step=2,
+    module = LengthReward(model="tiny:qwen3", group_size=4, prompts_per_step=2,
                          lora=LoraArgs(r=4, alpha=8, dropout=0.1),  # dropout draws from torch's RNG in every pass
                          sampling=SamplingParams(temperature=1.0, max_new_tokens=12),
                          method=MethodArgs(estimator="lampo", beta=0.04), optim=OptimArgs(lr=1e-2),
@@ -61,20 +72,26 @@ def test_preflight_logs_its_peak_and_leaves_the_run_unchanged(caplog: pytest.Log
     off_losses, off_adapter = _fit(preflight=False)
     assert "preflight" not in caplog.text
     assert len(on_losses) == 2 and on_losses == off_losses  # bit-identical, RNG stream included
+    assert any(v.abs().max() > 0 for k, v in on_adapter.items() if "lora_B" in k), "the steps must train"
     assert on_adapter.keys() == off_adapter.keys()
     for key in on_adapter:
         assert torch.equal(on_adapter[key], off_adapter[key]), key
 
 
 def _fit_under_limit(tmp_path: Path, micro_batch: int) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests" / "scripts")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests' / 'scripts'}",
+    }
     args = ["fit", "-c", SMOKE, "--trainer.logger", "false", "--trainer.callbacks", "null",
             "--trainer.enable_model_summary", "false", "--trainer.enable_progress_bar", "false",
-            "--model.sampling.max_new_tokens", "1900", "--model.compute.micro_batch_size", str(micro_batch),
+            "--model.sampling.max_new_tokens", "1000", "--model.compute.micro_batch_size", str(micro_batch),
             "--trainer.callbacks+=memory_limit.AddressSpaceLimit",
-            "--trainer.callbacks.headroom_mib", "256", "--trainer.callbacks.stop_after_preflight", "true"]  # fmt: skip
+            "--trainer.callbacks.headroom_mib", "96", "--trainer.callbacks.stop_after_preflight", "true"]  # fmt: skip
     return subprocess.run(
-        [sys.executable, "-m", "lampo_pl", *args], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT
+        [sys.executable, "-m", "lampo_pl", *args], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
 
 
