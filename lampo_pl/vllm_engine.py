@@ -94,6 +94,20 @@ def preserved_process_state() -> Iterator[None]:
             set_threads(threads)
 
 
+def distributed_environment() -> None:
+    """Set the torchrun variables vLLM's external launcher reads (``vllm/v1/executor/uniproc_executor.py``,
+    ``_distributed_args``: ``os.environ["RANK"]``, ``["LOCAL_RANK"]``) from the process group Lightning started.
+
+    Lightning's launchers do not always export them: its subprocess launcher (``trainer.strategy: ddp`` on one
+    machine) gives rank 0 none of them, the reason ``KeyError: 'RANK'`` stopped every DDP run with vLLM.
+    ``LOCAL_RANK`` defaults to 0 as Lightning's own ``LightningEnvironment.local_rank`` does; TRL sets the same
+    three from accelerate (``trl/generation/vllm_generation.py``).
+    """
+    os.environ["RANK"] = str(torch.distributed.get_rank())
+    os.environ["WORLD_SIZE"] = str(torch.distributed.get_world_size())
+    os.environ.setdefault("LOCAL_RANK", "0")
+
+
 def hf_name(module_name: str) -> str:
     """peft's module path -> the checkpoint's parameter name vLLM loads (``base_model.model.`` dropped)."""
     return module_name.removeprefix("base_model.model.") + ".weight"
@@ -143,8 +157,9 @@ class VllmEngine:
             extra.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=1)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # DDP: one engine per rank inside the trainer's process group, as TRL's colocate mode starts it
-            # (trl/generation/vllm_generation.py); Lightning has set RANK / WORLD_SIZE / MASTER_ADDR already.
+            # (trl/generation/vllm_generation.py), each a tensor-parallel group of one.
             extra["distributed_executor_backend"] = "external_launcher"
+            distributed_environment()
         with preserved_process_state():
             self.llm = vllm.LLM(model=folder, dtype=str(dtype).removeprefix("torch."), enforce_eager=True,
                                 max_model_len=max_model_len, seed=0, logprobs_mode="processed_logprobs",
