@@ -38,6 +38,7 @@ from lampo_pl.rewards import RewardBatch, RewardSpec, check_custom_rewards, scor
 from lampo_pl.rollout import Rollout, SamplingParams, generate_rollout
 from lampo_pl.settings import ComputeArgs, LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs
 from lampo_pl.step_metrics import OptimResult, Phases, StepRecord, step_metrics
+from lampo_pl.strategies import check_strategy
 from lampo_pl.trajectory import Trajectory, micro_batches
 from lampo_pl.vllm_engine import close_engine, step_seed
 
@@ -126,6 +127,7 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
     def configure_model(self) -> None:
         if self.policy_model is not None:
             return
+        check_strategy(self._trainer)  # FSDP refused in one line before the model loads (strategies.py)
         lo = self.lora
         self.policy_model, self.tokenizer = load_policy(
             self.model_name, dtype=lo.dtype, quantization=lo.quantization, trust_remote_code=lo.trust_remote_code,
