@@ -100,12 +100,17 @@ def distributed_environment() -> None:
 
     Lightning's launchers do not always export them: its subprocess launcher (``trainer.strategy: ddp`` on one
     machine) gives rank 0 none of them, the reason ``KeyError: 'RANK'`` stopped every DDP run with vLLM.
-    ``LOCAL_RANK`` defaults to 0 as Lightning's own ``LightningEnvironment.local_rank`` does; TRL sets the same
-    three from accelerate (``trl/generation/vllm_generation.py``).
+    vLLM's GPU worker takes ``cuda:{LOCAL_RANK}`` as its device, so on CUDA it is the device Lightning set for
+    this rank (right under SLURM too, whose tasks have no ``LOCAL_RANK``); on a CPU it defaults to 0 as
+    Lightning's ``LightningEnvironment.local_rank`` does. TRL sets the same three from accelerate
+    (``trl/generation/vllm_generation.py``).
     """
     os.environ["RANK"] = str(torch.distributed.get_rank())
     os.environ["WORLD_SIZE"] = str(torch.distributed.get_world_size())
-    os.environ.setdefault("LOCAL_RANK", "0")
+    if torch.cuda.is_available():
+        os.environ["LOCAL_RANK"] = str(torch.cuda.current_device())
+    else:
+        os.environ.setdefault("LOCAL_RANK", "0")
 
 
 def hf_name(module_name: str) -> str:
