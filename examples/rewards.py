@@ -1,14 +1,16 @@
-"""Example reward functions for ``model.rewards.custom``, written as for TRL's GRPOTrainer.
+"""Example reward functions for ``model.rewards.custom``, written as for TRL's GRPOTrainer on plain text.
 
 Each takes the completions (and any problem field it names) as keyword lists and returns one
-float per completion, or None where it does not apply. Use them beside the built-in rewards:
+float per completion, or None where it does not apply. They read completions as strings, so they
+are listed with ``completion_format: text`` (chat prompts otherwise get TRL's message lists,
+``[{"role": "assistant", "content": ...}]``, as TRL's own ``trl.rewards`` functions expect):
 
     model:
       rewards:
         correctness: 1.0
         custom:
-          - {function: examples.rewards.concise, weight: 0.1}
-          - {function: examples.rewards.shows_work, weight: 0.1}
+          - {function: examples.rewards.concise, weight: 0.1, completion_format: text}
+          - {function: examples.rewards.shows_work, weight: 0.1, completion_format: text}
 
 Run from the repository root (so that ``examples`` imports), e.g.
     python -m lampo_pl fit -c configs/smoke.yaml -c examples/custom_rewards.yaml

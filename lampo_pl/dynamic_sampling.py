@@ -6,8 +6,11 @@ drops such groups and samples further prompts until the batch holds B informativ
 DAPO recipe, ``recipe/dapo/dapo_ray_trainer.py``: ``max_num_gen_batches`` bounds the rounds).
 
 How this project does it, and why:
-1. A group is informative when its *correctness* (0/1 outcome) is mixed, as in DAPO; shaped reward
-   components (density, format) do not make a group informative.
+1. A group is informative when its *filter signal* varies (``method.filter_signal``, as verl's
+   ``algorithm.filter_groups.metric``; its DAPO recipe keeps a group whose metric has std > 0,
+   ``recipe/dapo/dapo_ray_trainer.py``): by default (``auto``) the correctness (0/1 outcome), as in
+   DAPO, when correctness weighs in the reward, else the total reward (with correctness at weight 0
+   every group might be uniform in it while the reward trained on varies).
 2. The rounds are bounded (``method.max_refill_rounds``); when the bound is hit the step trains on
    the informative groups it has and says so in the log.
 3. The batch always has B groups: when fewer than B are informative, uninformative ones fill it as
@@ -90,10 +93,21 @@ class Sample:
     stats: SamplingRounds
 
 
-def informative_groups(correct: Tensor, group_size: int) -> Tensor:
-    """Groups whose correctness is mixed. correct: ``[B*G]`` 0/1, groups contiguous -> ``[B]`` bool."""
-    grouped = correct.view(-1, group_size)  # [B, G]
+def informative_groups(signal: Tensor, group_size: int) -> Tensor:
+    """Groups whose signal varies. signal: ``[B*G]`` (0/1 correctness or total reward), groups contiguous -> ``[B]``."""
+    grouped = signal.view(-1, group_size)  # [B, G]
     return grouped.max(dim=1).values != grouped.min(dim=1).values  # [B]
+
+
+def group_filter(scored: RewardBatch, group_size: int, signal: str | None) -> Tensor:
+    """``[B]`` bool, the informative groups of a round by ``signal`` (``correctness`` | ``total``; ``None``: all).
+
+    ``signal`` comes from ``settings.filter_signal_of`` (``method.filter_signal``).
+    """
+    if signal is None:
+        return torch.ones(len(scored.total) // group_size, dtype=torch.bool)  # every group counts
+    values = scored.correct if signal == "correctness" else scored.total
+    return informative_groups(torch.tensor(values, dtype=torch.float64), group_size)  # [B]
 
 
 def choose_groups(informative: list[Tensor], target: int) -> tuple[list[tuple[int, int]], list[bool]]:
@@ -138,7 +152,8 @@ def assemble(rounds: list[Round], num_groups: int, group_size: int) -> Sample:
         problems=[rounds[r].problems[i] for r, i in rows],
         scored=scored,
         keep=torch.tensor(keep, device=device).repeat_interleave(group_size),  # [N]
-        stats=SamplingRounds(groups_sampled=len(rounds) * num_groups, groups_kept=sum(keep), rounds=len(rounds),
+        stats=SamplingRounds(groups_sampled=sum(len(r.informative) for r in rounds), groups_kept=sum(keep),
+                             rounds=len(rounds),
                              tokens_sampled=sum(int(r.rollout.response_lengths.sum()) for r in rounds),
                              first_round_accuracy=sum(sc[0].correct) / len(sc[0].correct)),
     )

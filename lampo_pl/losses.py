@@ -1,15 +1,14 @@
-"""The clipped policy loss, KL estimators, and the one function that aggregates tokens.
+"""KL estimators, the policy-loss statistics, and the one function that aggregates tokens.
 
 Pure functions over tensors, following ``docs/ALGORITHMS.md`` ("Policy loss" and "Token
 aggregation"). Shapes: ``N`` responses (rows), ``L`` response positions (padded).
 
 How the pieces relate to GRPO:
 
-1. The surrogate is PPO's clipped objective per token, ``−min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A)``
-   (Schulman et al. 2017, eq. 7), with asymmetric bounds so that DAPO's clip-higher
-   (Yu et al. 2025, §3.1, ε_high = 0.28) is one argument, and an optional dual clip
-   (Ye et al. 2020, "Mastering Complex Control in MOBA Games", eq. 5) bounding the loss of
-   negative-advantage tokens whose ratio exploded.
+1. The surrogates live in ``policy_losses.py``: PPO's clipped objective per token,
+   ``−min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A)`` (Schulman et al. 2017, eq. 7), with asymmetric bounds so
+   that DAPO's clip-higher (Yu et al. 2025, §3.1, ε_high = 0.28) is one argument and an optional dual
+   clip, and beside it GSPO's sequence ratio, CISPO and SAPO.
 2. The KL to the frozen reference is added per token with coefficient β; ``k3`` is Schulman's
    unbiased, always-positive estimator (http://joschu.net/blog/kl-approx.html), GRPO's default.
 3. How per-token losses become one number is a separate axis, so any advantage estimator
@@ -23,7 +22,6 @@ How the pieces relate to GRPO:
 
 from __future__ import annotations
 
-import math
 from typing import Literal, NamedTuple, get_args
 
 import torch
@@ -45,7 +43,8 @@ class PolicyLossStats(NamedTuple):
 
     Clip fractions follow TRL's definitions (``GRPOTrainer._compute_loss``): a token counts as
     clipped low when ``ρ < 1−ε_low`` and ``A < 0``, high when ``ρ > 1+ε_high`` and ``A > 0``
-    (exactly the tokens whose gradient the clip removes); region is either.
+    (exactly the tokens whose gradient the clip removes); region is either. CISPO counts its capped
+    tokens as high; SAPO clips nothing (NaN) — ``policy_losses.policy_loss``.
     """
 
     clip_frac_low: Tensor
@@ -54,9 +53,11 @@ class PolicyLossStats(NamedTuple):
     approx_kl_old: Tensor  # mean k3 estimate of KL(π_old ‖ π_θ): how far the update moved
     kl_ref: Tensor  # mean of the chosen estimator of KL(π_θ ‖ π_ref); 0 when β = 0
     ratio_mean: Tensor
+    selected_frac: Tensor  # fraction of loss tokens the high-entropy selection kept; NaN when it is off
 
 
-def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x`` over the tokens of ``mask`` (0 when there are none)."""
     m = mask.to(x.dtype)
     return (x * m).sum() / m.sum().clamp(min=1.0)
 
@@ -76,92 +77,6 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: KLEstimator = "k3") ->
         return 0.5 * log_ratio.square()
     ref_minus = (-log_ratio).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [N, L]
     return torch.exp(ref_minus) - ref_minus - 1.0  # [N, L]
-
-
-def clipped_policy_loss(
-    logp: Tensor,
-    old_logp: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    *,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-    dual_clip: float | None = None,
-    ref_logp: Tensor | None = None,
-    beta: float = 0.0,
-    kl_estimator: KLEstimator = "k3",
-    is_weights: Tensor | None = None,
-) -> tuple[Tensor, PolicyLossStats]:
-    """Per-token PPO-clip loss plus β·KL: ``ℓ = −w·min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A) + β·KL``.
-
-    Args:
-        logp: ``[N, L]`` log π_θ of the sampled tokens (carries the gradient).
-        old_logp: ``[N, L]`` log π_old (rollout policy), a constant.
-        advantages: ``[N]`` one advantage per response, a constant.
-        mask: ``[N, L]`` 1 on tokens that count (used for the statistics; apply it in ``aggregate``).
-        eps_low, eps_high: clip range ``[1−ε_low, 1+ε_high]``.
-        dual_clip: ``c > 1`` bounds the loss of tokens with ``A < 0`` at ``−c·A``; ``None`` is off.
-        ref_logp: ``[N, L]`` log π_ref; required when ``beta > 0``. With ``beta == 0`` it is only
-            measured (``kl_ref`` statistic, no gradient); without it ``kl_ref`` is NaN.
-        beta: KL coefficient β.
-        kl_estimator: ``"k1" | "k2" | "k3"``.
-        is_weights: ``[N, L]`` constant importance weights w of the policy term (truncated IS for the
-            sampler–trainer mismatch, ``mismatch.truncated_is_weights``); the β·KL term is not weighted,
-            as in TRL's ``_compute_loss``. ``None``: w ≡ 1.
-
-    Returns:
-        ``([N, L]`` per-token loss, unmasked``, PolicyLossStats)``.
-    """
-    if not (logp.shape == old_logp.shape == mask.shape):
-        raise ValueError(
-            f"logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)} and mask {tuple(mask.shape)} "
-            "must have the same [N, L] shape"
-        )
-    if advantages.shape != logp.shape[:1]:
-        raise ValueError(f"advantages {tuple(advantages.shape)} must be [N] with N = {logp.shape[0]}")
-    if dual_clip is not None and dual_clip <= 1.0:
-        raise ValueError(f"dual_clip must be > 1 (e.g. 3.0), got {dual_clip}")
-    if beta > 0 and ref_logp is None:
-        raise ValueError("beta > 0 needs ref_logp (the reference policy's log-probs)")
-
-    adv = advantages.detach()[:, None]  # [N, 1]
-    log_ratio = (logp - old_logp.detach()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [N, L]
-    ratio = torch.exp(log_ratio)  # [N, L] ρ
-    unclipped = -adv * ratio  # [N, L]
-    clipped = -adv * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)  # [N, L]
-    loss = torch.maximum(unclipped, clipped)  # [N, L] = −min(ρA, clip(ρ)A)
-    if dual_clip is not None:
-        # verl core_algos.compute_policy_loss: for A < 0 cap the loss at −c·A.
-        loss = torch.where(adv < 0, torch.minimum(loss, -adv * dual_clip), loss)  # [N, L]
-    if is_weights is not None:
-        loss = loss * is_weights.detach()  # [N, L] the policy term only, before β·KL is added
-
-    kl_ref = torch.full((), math.nan, dtype=logp.dtype, device=logp.device)  # NaN: not measured
-    if ref_logp is not None:
-        if ref_logp.shape != logp.shape:
-            raise ValueError(f"ref_logp {tuple(ref_logp.shape)} must match logp {tuple(logp.shape)}")
-        if beta > 0:
-            kl = kl_penalty(logp, ref_logp.detach(), kl_estimator)  # [N, L]
-            loss = loss + beta * kl  # [N, L]
-            kl_ref = _masked_mean(kl.detach(), mask)
-        else:  # β = 0 with a reference: measured for monitoring only, outside the graph
-            with torch.no_grad():
-                kl_ref = _masked_mean(kl_penalty(logp, ref_logp, kl_estimator), mask)
-
-    with torch.no_grad():
-        low = (ratio < 1.0 - eps_low) & (adv < 0)  # [N, L]
-        high = (ratio > 1.0 + eps_high) & (adv > 0)  # [N, L]
-        stats = PolicyLossStats(
-            clip_frac_low=_masked_mean(low.to(logp.dtype), mask),
-            clip_frac_high=_masked_mean(high.to(logp.dtype), mask),
-            clip_frac_region=_masked_mean((low | high).to(logp.dtype), mask),
-            # KL(π_old ‖ π_θ) from tokens sampled by π_old: k3 = r − 1 − log r with r = π_θ/π_old
-            # (Schulman's estimator), i.e. kl_penalty(old, logp), which estimates KL(first ‖ second).
-            approx_kl_old=_masked_mean(kl_penalty(old_logp, logp, "k3"), mask),
-            kl_ref=kl_ref,
-            ratio_mean=_masked_mean(ratio, mask),
-        )
-    return loss, stats
 
 
 def lambda_weights(

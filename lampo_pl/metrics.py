@@ -70,6 +70,7 @@ class AlgoMetrics:
     kl_ref: float
     ratio_mean: float
     advantages: AdvantageStats
+    entropy_selected_frac: float = math.nan
     lam: float = math.nan
 
     @classmethod
@@ -87,6 +88,7 @@ class AlgoMetrics:
             approx_kl_old=float(stats.approx_kl_old) if stats else nan,
             kl_ref=float(stats.kl_ref) if stats else nan,
             ratio_mean=float(stats.ratio_mean) if stats else nan,
+            entropy_selected_frac=float(stats.selected_frac) if stats else nan,
             advantages=advantages,
             lam=float(lam.detach()) if lam is not None else nan,
         )

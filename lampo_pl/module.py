@@ -4,7 +4,8 @@
             -> log-probs (old, reference) -> clipped loss × μ passes -> optimiser step -> metrics
 
 The math lives in ``advantages.py`` and ``losses.py``; the model side in ``policy.py``,
-``rollout.py`` and ``logprobs.py``; the step's tensors travel as one ``Trajectory``
+``rollout.py`` and ``logprobs.py``; prompts, rewards and DAPO's rounds in ``sampling_rounds.py``
+(``SamplingSteps``, mixed in); the step's tensors travel as one ``Trajectory``
 (``trajectory.py``); this file only wires them in the order of the algorithm.
 Optimisation is manual (``automatic_optimization = False``) because one step runs generation,
 several micro-batch backward passes and μ optimiser steps.
@@ -23,20 +24,31 @@ import torch
 from torch import Tensor, nn
 
 from lampo_pl.advantages import AdvantageOutput, confidence_scores, estimate_advantages
-from lampo_pl.data.prompting import one_shot_example, render_prompt
 from lampo_pl.data.record import Problem
-from lampo_pl.dynamic_sampling import Round, Sample, SamplingRounds, assemble, informative_groups
+from lampo_pl.dynamic_sampling import SamplingRounds
 from lampo_pl.evaluation_steps import EvaluationSteps
 from lampo_pl.logprobs import token_logprobs
-from lampo_pl.losses import BatchCounts, aggregate, batch_counts, clipped_policy_loss, sequence_coefficients
+from lampo_pl.losses import BatchCounts, batch_counts, sequence_coefficients
 from lampo_pl.metrics import mean_loss_stats
-from lampo_pl.mismatch import MismatchMeter, truncated_is_weights
+from lampo_pl.mismatch import MismatchMeter
 from lampo_pl.optim import build_optimizer, build_scheduler
 from lampo_pl.policy import load_policy, reference_adapter, trainable_parameters
 from lampo_pl.preflight import run_preflight
-from lampo_pl.rewards import RewardBatch, RewardSpec, check_custom_rewards, score_responses
+from lampo_pl.rewards import RewardBatch, check_custom_rewards
+from lampo_pl.rewards.custom import RewardGuard
 from lampo_pl.rollout import Rollout, SamplingParams, generate_rollout
-from lampo_pl.settings import ComputeArgs, LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs
+from lampo_pl.sampling_rounds import SamplingSteps
+from lampo_pl.settings import (
+    ComputeArgs,
+    LoraArgs,
+    MethodArgs,
+    OptimArgs,
+    PromptArgs,
+    RewardArgs,
+    check_batch_shape,
+    filter_signal_of,
+)
+from lampo_pl.step_loss import micro_batch_loss
 from lampo_pl.step_metrics import OptimResult, Phases, StepRecord, step_metrics
 from lampo_pl.strategies import check_strategy
 from lampo_pl.trajectory import Trajectory, micro_batches
@@ -45,7 +57,7 @@ from lampo_pl.vllm_engine import close_engine, step_seed
 log = logging.getLogger(__name__)
 
 
-class LamPOModule(EvaluationSteps, L.LightningModule):
+class LamPOModule(SamplingSteps, EvaluationSteps, L.LightningModule):
     """Critic-free RL fine-tuning of a causal LM with LamPO or a GRPO-family baseline."""
 
     def __init__(
@@ -101,6 +113,8 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         self.strict_loading = False  # checkpoints hold only the adapters and λ, never the frozen base
         check_batch_shape(prompts_per_step, group_size, self.compute.micro_batch_size, self.method.num_iterations)
         check_custom_rewards(self.reward_args.custom)  # an unknown import path fails here, before any model loads
+        self.filter_signal = filter_signal_of(self.method, self.reward_args)  # DAPO's group filter, or None
+        self.reward_guard = RewardGuard(self.reward_args.failure_limit)  # custom rewards: preflight, failure streaks
         self.lam = nn.Parameter(torch.tensor(float(self.method.lambda_init))) if self.uses_lambda else None
         self.policy_model: nn.Module | None = None
         self.tokenizer: Any = None
@@ -145,19 +159,6 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
     def on_train_start(self) -> None:
         run_preflight(self)  # the worst step once, before the first: out of memory in minute one (preflight.py)
 
-    def reward_specs(self) -> list[RewardSpec]:
-        r = self.reward_args
-        pairs = (("correctness", r.correctness), ("density", r.density), ("format", r.format))
-        return [RewardSpec(name, weight) for name, weight in pairs if weight != 0]
-
-    def render(self, problems: list[Problem], enable_thinking: bool | None = None) -> list[str]:
-        """Chat prompts of ``problems``; ``enable_thinking`` overrides the prompt settings' (evaluation's own)."""
-        p = self.prompt
-        thinking = p.enable_thinking if enable_thinking is None else enable_thinking
-        few_shot = one_shot_example() if p.one_shot else ()
-        return [render_prompt(self.tokenizer, q, system_prompt=p.system_prompt, enable_thinking=thinking,
-                              few_shot=few_shot) for q in problems]
-
     # ---- the step -------------------------------------------------------------------------------
 
     def training_step(self, batch: list[Problem], batch_idx: int) -> None:
@@ -173,57 +174,8 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         traj = replace(traj, advantages=advantages.advantages, old_logprobs=old_logp, ref_logprobs=ref_logp)
         with phases("optimisation"):
             result = self.optimise(traj, sample.problems)
-        metrics = self.log_step(rollout, scored, advantages, result, phases, sample.stats)
+        metrics = self.log_step(rollout, scored, advantages, result, phases, sample.stats, keep=sample.keep)
         self.last_step = StepRecord.of_step(self.global_step, sample, advantages, metrics)
-
-    def sample_batch(self, batch: list[Problem], phases: Phases) -> Sample:
-        """G responses per prompt and their rewards; with DAPO dynamic sampling, refilled to B informative groups.
-
-        Each refill round takes B further prompts from the DataModule (``refill_batch``), at most
-        ``method.max_refill_rounds`` of them. Under DDP the ranks agree on every round (one more while
-        any rank lacks groups), so that each takes the same prompts from the refill stream.
-        """
-        rounds = [self.sample_round(batch, phases, 0)]
-        extra = 0
-        while self.method.dynamic_sampling and extra < self.method.max_refill_rounds:
-            missing = self.prompts_per_step - sum(int(r.informative.sum()) for r in rounds)
-            if not self.any_rank(missing > 0):
-                break
-            problems = self.refill_problems()
-            extra += 1
-            if missing > 0:
-                rounds.append(self.sample_round(problems, phases, extra))
-        sample = assemble(rounds, self.prompts_per_step, self.group_size)
-        if self.method.dynamic_sampling and sample.stats.groups_kept < self.prompts_per_step:
-            log.warning("dynamic sampling: %d of %d groups informative after %d generation rounds; training on them",
-                        sample.stats.groups_kept, self.prompts_per_step, sample.stats.rounds)
-        return sample
-
-    def refill_problems(self) -> list[Problem]:
-        """B further prompts for a refill round, from the DataModule (``ProblemDataModule.refill_batch``)."""
-        data = self.trainer.datamodule
-        if data is None or not hasattr(data, "refill_batch"):
-            raise ValueError("method.dynamic_sampling refills from the DataModule's refill_batch(): train with a "
-                             "ProblemDataModule, or set method.max_refill_rounds: 0")
-        return data.refill_batch()
-
-    def sample_round(self, batch: list[Problem], phases: Phases, round_index: int) -> Round:
-        """One generation round: B prompts, G responses each, their rewards and which groups are informative."""
-        with phases("generation"):
-            prompts = self.render(batch)
-            rollout, problems = self.collect_rollout(batch, prompts, round_index)
-        with phases("rewards"):
-            scored = self.score(rollout, problems)
-        informative = informative_groups(torch.tensor(scored.correct), self.group_size)  # [B]
-        if not self.method.dynamic_sampling:
-            informative = torch.ones_like(informative)  # every group counts
-        return Round(prompts, rollout, problems, scored, informative)
-
-    def any_rank(self, flag: bool) -> bool:
-        """Whether ``flag`` holds on any DDP rank (itself without DDP)."""
-        if self.trainer.world_size == 1:
-            return flag
-        return bool(self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="sum") > 0)
 
     def collect_rollout(
         self, batch: list[Problem], prompts: list[str], round_index: int = 0
@@ -238,18 +190,12 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         rollout = generate_rollout(
             self.policy_model, self.tokenizer, prompts, self.group_size, self.sampling,
             max_context=self.max_context, generation_batch_size=self.generation_batch_size,
-            # With vLLM the sampler's log-probs come free; the mismatch metrics and TIS read them.
+            # With vLLM the sampler's log-probs come free; the mismatch metrics and its correction read them.
             record_logprobs=self.sampler_records_old_logprobs or self.sampling.engine == "vllm"
-            or self.method.tis_cap is not None,
+            or self.method.correction[0] != "none",
             seed=step_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), self.global_step, self.global_rank, round_index),
         )
         return rollout, [q for q in batch for _ in range(self.group_size)]
-
-    def score(self, rollout: Rollout, problems: list[Problem]) -> RewardBatch:
-        thinking, custom = bool(self.prompt.enable_thinking), self.reward_args.custom
-        ids = [r[: int(n)].tolist() for r, n in zip(rollout.response_ids, rollout.response_lengths, strict=True)]
-        return score_responses(rollout.texts, problems, self.reward_specs(), thinking=thinking, custom=custom,
-                               completion_ids=ids if custom else None, step=self.global_step)
 
     def loss_mask(self, rollout: Rollout, keep: Tensor) -> Tensor:
         """``[N, L]`` tokens that count in the loss: DAPO overlong masking drops truncated rows,
@@ -394,24 +340,10 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
         )
 
     def micro_batch_loss(self, view: Trajectory, coefficients: Tensor) -> tuple[Tensor, Any, Tensor]:
-        """Loss of one micro-batch view, scaled (``coefficients`` [n]) so that the micro-batches sum to the
-        full-batch loss."""
-        m = self.method
-        assert view.advantages is not None
+        """Loss of one micro-batch view (``step_loss.micro_batch_loss``), scaled (``coefficients`` [n]) so that
+        the micro-batches sum to the full-batch loss."""
         logp, entropy = self.policy_logprobs(view, with_entropy=True)  # [n, l]
-        old = view.old_logprobs_for(logp)  # [n, l]
-        sampled = view.sampler_logprobs  # [n, l] or None
-        if sampled is not None:  # the sampler–trainer mismatch, logged every step
-            self.mismatch.add(old, sampled, view.loss_mask)
-        tis = None if sampled is None or m.tis_cap is None else truncated_is_weights(old, sampled, m.tis_cap)
-        per_token, st = clipped_policy_loss(logp, old, view.advantages, view.loss_mask,
-                                            eps_low=m.eps_low, eps_high=m.eps_high, dual_clip=m.dual_clip,
-                                            ref_logp=view.ref_logprobs, beta=m.beta,
-                                            kl_estimator=m.kl_estimator, is_weights=tis)  # [n, l]
-        loss = aggregate(per_token, view.loss_mask, coefficients)
-        ent = entropy if entropy is not None else torch.zeros_like(logp)  # [n, l]
-        mean_entropy = (ent.detach() * view.loss_mask).sum() / view.loss_mask.sum().clamp(min=1)
-        return loss, st, mean_entropy
+        return micro_batch_loss(logp, entropy, view, coefficients, self.method, self.mismatch)
 
     def clip_and_norm(self) -> float:
         """Global grad-norm of everything trained (clipped to ``optim.grad_clip`` when > 0)."""
@@ -425,11 +357,13 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
 
     def log_step(
         self, rollout: Rollout, scored: RewardBatch, adv: AdvantageOutput, result: OptimResult, phases: Phases,
-        rounds: SamplingRounds,
+        rounds: SamplingRounds, keep: Tensor | None = None,
     ) -> dict[str, float]:
-        """Log the step's scalars under ``train/``; return them without the prefix (NaN ones left out)."""
+        """Log the step's scalars under ``train/``; return them without the prefix (NaN ones left out).
+
+        ``keep`` ``[N]``: the rows trained on; the batch's numbers leave dynamic sampling's filler groups out."""
         metrics = step_metrics(rollout, scored, adv, result, phases, rounds, group_size=self.group_size,
-                               skipped_steps=self.skipped_steps, lam=self.lam)
+                               skipped_steps=self.skipped_steps, lam=self.lam, keep=keep)
         metrics.update(self.mismatch.pop())
         clean = {k: v for k, v in metrics.items() if not math.isnan(v)}
         bs = len(scored.total)
@@ -454,19 +388,3 @@ class LamPOModule(EvaluationSteps, L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_steps = int(checkpoint.get("lampo_skipped_steps", 0))
 
-
-def check_batch_shape(prompts_per_step: int, group_size: int, micro_batch_size: int, num_iterations: int) -> None:
-    """Reject at start-up batch sizes that do not divide, saying which numbers to change."""
-    if prompts_per_step < 1 or group_size < 1 or micro_batch_size < 1 or num_iterations < 1:
-        raise ValueError(
-            f"prompts_per_step ({prompts_per_step}), group_size ({group_size}), compute.micro_batch_size "
-            f"({micro_batch_size}) and method.num_iterations ({num_iterations}) must all be >= 1"
-        )
-    n = prompts_per_step * group_size
-    if n % micro_batch_size != 0:
-        divisors = [d for d in range(1, n + 1) if n % d == 0]
-        raise ValueError(
-            f"compute.micro_batch_size={micro_batch_size} does not divide the {n} responses of a step "
-            f"(prompts_per_step={prompts_per_step} × group_size={group_size}); "
-            f"choose micro_batch_size in {divisors} or change prompts_per_step/group_size"
-        )

@@ -14,11 +14,15 @@ from typing import Any, Literal, get_args
 from lampo_pl.advantages import AdvantageScale, ConfidenceScore, Estimator
 from lampo_pl.errors import UserError
 from lampo_pl.losses import H_MIN, R_LEN, AggregationMode, KLEstimator
+from lampo_pl.mismatch import CorrectionMode
+from lampo_pl.policy_losses import PolicyLossKind
 from lampo_pl.rewards.custom import CustomReward
 
 
 class SettingsError(UserError):
     """A setting outside its allowed range; the message is one line naming the field, its value and the range."""
+
+FilterSignal = Literal["auto", "correctness", "total"]  # DAPO dynamic sampling's group filter (MethodArgs)
 
 
 def require(ok: bool, group: str, name: str, value: Any, allowed: str) -> None:
@@ -41,7 +45,10 @@ def one_of(value: Any, literal: Any) -> bool:
 
 @dataclass
 class MethodArgs:
-    """The RL algorithm: advantage estimator, clipped loss, KL, aggregation (docs/ALGORITHMS.md).
+    """The RL algorithm: advantage estimator, policy loss, KL, aggregation, sampler correction (docs/ALGORITHMS.md).
+
+    The axes compose: any estimator × any policy_loss × any aggregation × any sampler_correction, with or
+    without top_entropy_quantile (docs/algorithms.md has the formula of each and its source).
 
     Attributes:
         estimator: Advantage estimator: grpo | dr_grpo | rloo | lampo.
@@ -57,8 +64,11 @@ class MethodArgs:
         num_iterations: μ, optimisation passes over each rollout batch; each pass is one optimiser step,
             so ``trainer.max_steps`` counts μ steps per rollout batch (as TRL's GRPOTrainer counts them).
         mask_truncated: Mask responses that hit max_new_tokens out of the loss (DAPO overlong masking).
-        dynamic_sampling: DAPO dynamic sampling: drop groups whose correctness rewards are all equal from
-            the loss and its normalisers, and sample further prompts until B informative groups are kept.
+        dynamic_sampling: DAPO dynamic sampling: drop groups whose filter signal is the same on all G responses
+            from the loss and its normalisers, and sample further prompts until B informative groups are kept.
+        filter_signal: What makes a group informative under dynamic_sampling (verl's
+            ``filter_groups.metric``): correctness | total (the weighted reward) | auto (correctness when its
+            weight is non-zero, else total). correctness at weight 0 is refused.
         max_refill_rounds: With dynamic_sampling, at most this many extra generation rounds (each of B new
             prompts) per step; when they are spent the step trains on the groups it has and logs a warning.
             0 never refills (as verl's ``max_num_gen_batches`` bounds DAPO's).
@@ -67,7 +77,27 @@ class MethodArgs:
         h_min: λ-GRPO floor on h_i, keeping h^λ finite.
         tis_cap: Truncated importance sampling for the sampler–trainer mismatch: each token's policy loss
             is weighted by min(π_old / π_sampler, tis_cap) (TRL's token_truncate, verl's TIS;
-            lampo_pl/mismatch.py), e.g. 2.0 with ``sampling.engine: vllm``; null is off.
+            lampo_pl/mismatch.py), e.g. 2.0 with ``sampling.engine: vllm``; null is off. The same as
+            ``sampler_correction: token_truncate`` with ``correction_max: tis_cap``; set one or the other.
+        policy_loss: The surrogate (lampo_pl/policy_losses.py): clip (PPO/GRPO token ratio) | gspo (GSPO's
+            sequence ratio, clipped at eps_low/eps_high: the paper uses 3e-4/4e-4) | cispo (capped, detached
+            ratio × A × log π, cispo_cap) | sapo (sigmoid gate, sapo_tau_pos/neg). At μ = 1 the ratio is 1 and
+            every surrogate has clip's gradient, so gspo, cispo and sapo need num_iterations >= 2.
+        cispo_cap: CISPO's ε_max, the cap of the detached importance ratio (TRL's epsilon_high under cispo; 5.0).
+        sapo_tau_pos: SAPO's gate temperature for tokens with A > 0 (TRL's default 1.0).
+        sapo_tau_neg: SAPO's gate temperature for tokens with A <= 0 (TRL's default 1.05).
+        sampler_correction: Importance weights for the sampler–trainer mismatch, from r = π_old / π_sampler
+            (lampo_pl/mismatch.py, TRL's vllm_importance_sampling_mode): none | token_truncate | token_mask |
+            sequence_truncate | sequence_mask. Any sampling engine (each records its log-probs); it matters
+            with ``sampling.engine: vllm``, whose kernels differ from the trainer's (TRL's default there is
+            sequence_mask).
+        correction_max: C_max of sampler_correction: truncate caps the ratio at it, mask zeroes ratios above
+            it (TRL's 3.0); null: no upper bound.
+        correction_min: C_min of sampler_correction: truncate raises the ratio to it, mask zeroes ratios below
+            it; null (the default): no lower bound.
+        top_entropy_quantile: Keep the policy term only on the top q of tokens by entropy (Wang et al. 2025
+            recommend 0.2; TRL's top_entropy_quantile); the quantile is over each micro-batch's loss tokens,
+            as TRL's over each of its micro-batches. 1.0 (default) keeps every token.
     """
 
     estimator: Estimator = "lampo"
@@ -83,11 +113,20 @@ class MethodArgs:
     num_iterations: int = 1
     mask_truncated: bool = False
     dynamic_sampling: bool = False
+    filter_signal: FilterSignal = "auto"
     max_refill_rounds: int = 4
     lambda_init: float = 0.0
     r_len: float = R_LEN
     h_min: float = H_MIN
     tis_cap: float | None = None
+    policy_loss: PolicyLossKind = "clip"
+    cispo_cap: float = 5.0
+    sapo_tau_pos: float = 1.0
+    sapo_tau_neg: float = 1.05
+    sampler_correction: CorrectionMode = "none"
+    correction_max: float | None = 3.0
+    correction_min: float | None = None
+    top_entropy_quantile: float = 1.0
 
     def __post_init__(self) -> None:
         g = "model.method"
@@ -113,8 +152,50 @@ class MethodArgs:
         require(finite(self.h_min) and self.h_min > 0, g, "h_min", self.h_min, "h_min > 0 (keeps h^λ finite)")
         require(self.tis_cap is None or (finite(self.tis_cap) and self.tis_cap > 0), g, "tis_cap", self.tis_cap,
                 "null or tis_cap > 0")
+        require(one_of(self.filter_signal, FilterSignal), g, "filter_signal", self.filter_signal,
+                "auto | correctness | total")
         require(isinstance(self.max_refill_rounds, int) and self.max_refill_rounds >= 0, g, "max_refill_rounds",
                 self.max_refill_rounds, "an integer >= 0 (0: dynamic sampling drops without refilling)")
+        self.check_policy_loss(g)
+        self.check_sampler_correction(g)
+
+    def check_policy_loss(self, g: str) -> None:
+        require(one_of(self.policy_loss, PolicyLossKind), g, "policy_loss", self.policy_loss,
+                " | ".join(get_args(PolicyLossKind)))
+        # At μ = 1 π_old is the detached current policy, so ρ ≡ 1 and gspo, cispo and sapo all give clip's
+        # gradient A·∇log π: the run would be GRPO under another name (docs/algorithms.md).
+        require(self.policy_loss == "clip" or self.num_iterations >= 2, g, "num_iterations", self.num_iterations,
+                f"num_iterations >= 2 with policy_loss: {self.policy_loss} (at μ = 1 its gradient is clip's)")
+        require(self.dual_clip is None or self.policy_loss in ("clip", "gspo"), g, "dual_clip", self.dual_clip,
+                f"null with policy_loss: {self.policy_loss} (dual clip bounds the clipped ratio of clip and gspo)")
+        # A cap below 1 would shrink every on-policy token's gradient, not only the off-policy ones'.
+        require(finite(self.cispo_cap) and self.cispo_cap >= 1, g, "cispo_cap", self.cispo_cap, "cispo_cap >= 1")
+        for name in ("sapo_tau_pos", "sapo_tau_neg"):
+            value = getattr(self, name)
+            require(finite(value) and value > 0, g, name, value, f"{name} > 0")
+        q = self.top_entropy_quantile
+        require(finite(q) and 0 < q <= 1, g, "top_entropy_quantile", q, "0 < top_entropy_quantile <= 1 (1: all)")
+
+    def check_sampler_correction(self, g: str) -> None:
+        require(one_of(self.sampler_correction, CorrectionMode), g, "sampler_correction", self.sampler_correction,
+                " | ".join(get_args(CorrectionMode)))
+        require(self.tis_cap is None or self.sampler_correction == "none", g, "tis_cap", self.tis_cap,
+                f"null with sampler_correction: {self.sampler_correction} (tis_cap is token_truncate's "
+                "correction_max: set one of them)")
+        high, low = self.correction_max, self.correction_min
+        # Bounds that exclude 1 would truncate or zero tokens on which sampler and trainer agree.
+        require(high is None or (finite(high) and high >= 1), g, "correction_max", high, "null or correction_max >= 1")
+        require(low is None or (finite(low) and 0 <= low <= 1), g, "correction_min", low,
+                "null or 0 <= correction_min <= 1")
+        require(self.sampler_correction == "none" or high is not None or low is not None, g, "correction_max",
+                high, f"a number (or a correction_min) with sampler_correction: {self.sampler_correction}")
+
+    @property
+    def correction(self) -> tuple[CorrectionMode, float | None, float | None]:
+        """The sampler correction as (mode, C_max, C_min); ``tis_cap`` is token_truncate with C_max = tis_cap."""
+        if self.tis_cap is not None:
+            return "token_truncate", self.tis_cap, None
+        return self.sampler_correction, self.correction_max, self.correction_min
 
 
 @dataclass
@@ -234,16 +315,22 @@ class RewardArgs:
         correctness: Weight of the verifiable outcome reward (math-verify / choice letter).
         density: Weight α of the ROUGE-L semantic-density reward (0 disables it).
         format: Weight of the format reward (closed reasoning block and a boxed answer).
-        custom: Your own TRL-style reward functions: [{function: my_module.my_reward, weight: 0.5}, ...].
+        custom: Your own TRL-style reward functions: [{function: my_module.my_reward, weight: 0.5}, ...]
+            (each also takes name, timeout_s, completion_format: auto | text | messages, memory_limit_gib).
+        failure_limit: A custom reward that fails on this many batches in a row stops the run (a failure on
+            the first batch always does: it is the preflight).
     """
 
     correctness: float = 1.0
     density: float = 0.0
     format: float = 0.0
     custom: tuple[CustomReward, ...] = ()
+    failure_limit: int = 3
 
     def __post_init__(self) -> None:
         g = "model.rewards"
+        require(isinstance(self.failure_limit, int) and self.failure_limit >= 1, g, "failure_limit",
+                self.failure_limit, "an integer >= 1")
         require(finite(self.correctness), g, "correctness", self.correctness, "a finite number")
         require(finite(self.density) and self.density >= 0, g, "density", self.density, "density >= 0")
         require(finite(self.format), g, "format", self.format, "a finite number")
@@ -265,3 +352,37 @@ class PromptArgs:
     system_prompt: str | None = None
     enable_thinking: bool | None = None
     one_shot: bool = False
+
+
+def check_batch_shape(prompts_per_step: int, group_size: int, micro_batch_size: int, num_iterations: int) -> None:
+    """Reject at start-up batch sizes that do not divide, saying which numbers to change."""
+    if prompts_per_step < 1 or group_size < 1 or micro_batch_size < 1 or num_iterations < 1:
+        raise ValueError(
+            f"prompts_per_step ({prompts_per_step}), group_size ({group_size}), compute.micro_batch_size "
+            f"({micro_batch_size}) and method.num_iterations ({num_iterations}) must all be >= 1"
+        )
+    n = prompts_per_step * group_size
+    if n % micro_batch_size != 0:
+        divisors = [d for d in range(1, n + 1) if n % d == 0]
+        raise ValueError(
+            f"compute.micro_batch_size={micro_batch_size} does not divide the {n} responses of a step "
+            f"(prompts_per_step={prompts_per_step} × group_size={group_size}); "
+            f"choose micro_batch_size in {divisors} or change prompts_per_step/group_size"
+        )
+
+
+def filter_signal_of(method: MethodArgs, rewards: RewardArgs) -> Literal["correctness", "total"] | None:
+    """The signal DAPO dynamic sampling filters groups on; ``None`` without dynamic sampling.
+
+    ``auto`` is correctness when it weighs in the reward (DAPO's own rule), else the total reward. Filtering
+    on correctness at weight 0 would drop groups by a number the loss never sees (and, with only
+    shaped rewards, could drop every group): refused in one line.
+    """
+    if not method.dynamic_sampling:
+        return None
+    if method.filter_signal == "auto":
+        return "correctness" if rewards.correctness != 0 else "total"
+    require(method.filter_signal != "correctness" or rewards.correctness != 0, "model.method", "filter_signal",
+            method.filter_signal, "auto | total while model.rewards.correctness is 0 (correctness does not "
+            "weigh in the reward, so filtering on it keeps or drops groups by a signal the loss never sees)")
+    return method.filter_signal

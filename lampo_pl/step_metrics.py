@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import Tensor
@@ -20,7 +20,7 @@ from torch import Tensor
 from lampo_pl.advantages import AdvantageOutput
 from lampo_pl.dynamic_sampling import Sample, SamplingRounds
 from lampo_pl.losses import PolicyLossStats
-from lampo_pl.metrics import AlgoMetrics, advantage_stats
+from lampo_pl.metrics import AdvantageStats, AlgoMetrics, advantage_stats
 from lampo_pl.rewards import RewardBatch
 from lampo_pl.rollout import Rollout
 
@@ -103,30 +103,58 @@ class OptimResult:
 
 def step_metrics(
     rollout: Rollout, scored: RewardBatch, adv: AdvantageOutput, result: OptimResult, phases: Phases,
-    rounds: SamplingRounds, *, group_size: int, skipped_steps: int, lam: Tensor | None,
+    rounds: SamplingRounds, *, group_size: int, skipped_steps: int, lam: Tensor | None, keep: Tensor | None = None,
 ) -> dict[str, float]:
-    """Every scalar of one step, unprefixed; NaN marks one that does not apply (the caller drops those)."""
-    rewards = torch.tensor(scored.total)  # [N]
-    lengths = rollout.response_lengths.float()  # [N]
+    """Every scalar of one step, unprefixed; NaN marks one that does not apply (the caller drops those).
+
+    The batch's numbers (reward, ``acc_trained``, components, lengths, truncation, advantages) cover the
+    rows trained on, ``keep`` (``[N]`` bool; ``None``: all): dynamic sampling's filler groups ride in the
+    batch outside the loss and would otherwise be counted. ``acc`` is the first round's (``SamplingRounds``).
+    """
+    kept = torch.ones(len(scored.total), dtype=torch.bool) if keep is None else keep.detach().bool().cpu()  # [N]
     gen_s = phases.seconds.get("generation", math.nan)
     metrics: dict[str, float] = {
-        "reward": float(rewards.mean()),
-        "reward_std": float(rewards.std(unbiased=False)),
         "acc": rounds.first_round_accuracy,  # on-policy, on the step's own prompts: comparable across methods
-        "acc_trained": float(torch.tensor(scored.correct).mean()),  # differs under dynamic sampling only
-        "response_len_mean": float(lengths.mean()),
-        "response_len_max": float(lengths.max()),
-        "truncated_frac": float(rollout.truncated.float().mean()),
         "entropy": result.entropy,
         "grad_norm": result.grad_norm,
         "lr": result.lr,
         "skipped_steps": float(skipped_steps),
         "tokens_per_s": rounds.tokens_sampled / gen_s if gen_s > 0 else math.nan,  # every round's tokens
     }
-    metrics |= {f"reward_{k}": float(torch.tensor(v).nanmean()) for k, v in scored.components.items()}  # NaN: None
+    metrics |= trained_metrics(rollout, scored, adv, kept, group_size)
     metrics |= {f"reward_diag/{k}": float(v) for k, v in scored.diagnostics.items()}
     metrics |= {f"dynamic_sampling/{k}": float(v) for k, v in asdict(rounds).items() if k != "first_round_accuracy"}
-    advantages = advantage_stats(rewards, adv.advantages, group_size, adv.pair_weights)
-    metrics |= AlgoMetrics.of_step(result.loss, result.loss_stats, advantages, lam).as_dict()
     metrics |= {f"time/{k}_s": v for k, v in phases.seconds.items()}
+    advantages = trained_advantage_stats(scored, adv, kept, group_size)
+    metrics |= AlgoMetrics.of_step(result.loss, result.loss_stats, advantages, lam).as_dict()
     return metrics
+
+
+def trained_metrics(
+    rollout: Rollout, scored: RewardBatch, adv: AdvantageOutput, kept: Tensor, group_size: int
+) -> dict[str, float]:
+    """Reward, accuracy, components, lengths and truncation of the kept rows ``kept`` ``[N]`` (NaN: none kept)."""
+    rewards = torch.tensor(scored.total)[kept]  # [n]
+    lengths = rollout.response_lengths.float().cpu()[kept]  # [n]
+    nan = math.nan
+    any_kept = bool(kept.any())
+    metrics = {
+        "reward": float(rewards.mean()) if any_kept else nan,
+        "reward_std": float(rewards.std(unbiased=False)) if any_kept else nan,
+        "acc_trained": float(torch.tensor(scored.correct)[kept].mean()) if any_kept else nan,
+        "response_len_mean": float(lengths.mean()) if any_kept else nan,
+        "response_len_max": float(lengths.max()) if any_kept else nan,
+        "truncated_frac": float(rollout.truncated.float().cpu()[kept].mean()) if any_kept else nan,
+    }
+    # NaN marks None; a component with no kept value is NaN too (nanmean of nothing).
+    return metrics | {f"reward_{k}": float(torch.tensor(v)[kept].nanmean()) for k, v in scored.components.items()}
+
+
+def trained_advantage_stats(scored: RewardBatch, adv: AdvantageOutput, kept: Tensor, group_size: int) -> AdvantageStats:
+    """``advantage_stats`` of the kept groups (all NaN when none is kept)."""
+    if not kept.any():
+        return AdvantageStats(*([math.nan] * len(fields(AdvantageStats))))
+    groups = kept.view(-1, group_size)[:, 0]  # [B] the kept groups (a group is kept whole)
+    weights = None if adv.pair_weights is None else adv.pair_weights[groups.to(adv.pair_weights.device)]
+    return advantage_stats(torch.tensor(scored.total)[kept], adv.advantages.detach().cpu()[kept], group_size,
+                           weights)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 import pytest
+import torch
 import yaml
 from scipy import stats
 
@@ -26,7 +28,20 @@ from lampo_pl.ablation import (
     to_markdown,
 )
 from lampo_pl.ablation import run as run_mod
+from lampo_pl.ablation.inference import (
+    detectable_effect,
+    family,
+    family_markdown,
+    holm,
+    holm_levels,
+    interaction_differences,
+    paired_t_p,
+    paired_t_power,
+    power_markdown,
+    seeds_needed,
+)
 from lampo_pl.ablation.methods import binary_arm, reference_arm
+from lampo_pl.ablation.provenance import source_digest, versions_report
 from lampo_pl.ablation.summary import (
     curve,
     difference_band,
@@ -91,18 +106,22 @@ def test_curve_and_summary_over_seeds() -> None:
             result("lampo", 0, [0.5, 0.5], [0.2, 0.5], kl=0.1)]
     c = curve(runs[:2], "acc")
     np.testing.assert_allclose(c.mean, [0.5, 1.0])
-    np.testing.assert_allclose(c.std, [0.5, 0.0])
+    np.testing.assert_allclose(c.std, [statistics.stdev([0.0, 1.0]), 0.0])  # sample SD (ddof 1): √0.5
     assert np.isnan(curve(runs[:2], "kl_ref").mean).all()  # GRPO's runs did not log it: NaN, no warning
     settings = replace(preset("tiny"), methods=("grpo", "lampo"), threshold=0.9, smooth=1)
     rows = summarise(runs, settings)
     assert [r.method for r in rows] == ["grpo", "lampo"]
     grpo = rows[0]
-    assert grpo.reached == 2 and grpo.steps_to_threshold_mean == 1.5 and grpo.steps_to_threshold_std == 0.5
-    assert grpo.final_accuracy_mean == pytest.approx(0.5) and grpo.final_accuracy_std == pytest.approx(0.1)
+    assert grpo.reached == 2 and grpo.steps_to_threshold_mean == 1.5
+    assert grpo.steps_to_threshold_std == pytest.approx(math.sqrt(0.5))  # sample SD of (1, 2)
+    assert grpo.final_accuracy_mean == pytest.approx(0.5)
+    assert grpo.final_accuracy_std == pytest.approx(statistics.stdev([0.4, 0.6]))  # 0.1414, not the population 0.1
     assert math.isnan(grpo.final_kl_mean) and rows[1].final_kl_mean == pytest.approx(0.1)
     assert rows[1].reached == 0 and math.isnan(rows[1].steps_to_threshold_mean)
     table = to_markdown(rows, settings)
-    assert "| GRPO | 1.5 ± 0.5 (2/2) | 0.200 → 0.500 ± 0.100 |" in table and "— (0/1)" in table
+    assert "| GRPO | 1.5 ± 0.7 (2/2) | 0.200 → 0.500 ± 0.141 |" in table and "— (0/1)" in table
+    assert "sample SD (ddof = 1)" in table
+    assert "| LamPO | — (0/1) | 0.200 → 0.500 |" in table  # one seed: no SD to show
     lines = to_csv(rows).splitlines()
     assert len(lines) == 3 and lines[0].startswith("method,label,seeds,reached")
 
@@ -202,6 +221,31 @@ def test_small_ablation_runs_saves_resumes_and_plots(tmp_path: Path, monkeypatch
     assert [r.steps for r in again] == [r.steps for r in results]
     with pytest.raises(ValueError, match=r"grpo_seed0\.json was run with other settings \(differing: lr\)"):
         run_ablation(replace(settings, lr=1.0), tmp_path)
+
+    # Provenance: every run file says which code, machine and libraries made it, and how long it took.
+    saved = json.loads((tmp_path / "runs" / "grpo_seed0.json").read_text())
+    code = saved["provenance"]["code"]
+    assert code["source_sha256"] == source_digest() and len(code["commit"]) == 40 and isinstance(code["dirty"], bool)
+    assert saved["provenance"]["machine"]["cores"] >= 1
+    assert saved["provenance"]["versions"]["torch"] == torch.__version__
+    assert {"transformers", "vllm"} <= set(saved["provenance"]["versions"]) and saved["seconds"] > 0
+    # Another code version: refused unless asked for; then reused, and the report flags the mix.
+    monkeypatch.setattr(run_mod, "source_digest", lambda: "f" * 64)
+    with pytest.raises(ValueError, match=r"grpo_seed0\.json was made by other code \(src [0-9a-f]{12}, commit "
+                                         r"[0-9a-f]{10}.*now src ffffffffffff\).*--reuse-any-version"):
+        run_ablation(settings, tmp_path)
+    assert [r.steps for r in run_ablation(settings, tmp_path, reuse_any_version=True)] == [r.steps for r in results]
+    old = {k: v for k, v in saved.items() if k != "provenance"}  # a run saved before provenance was recorded
+    (tmp_path / "runs" / "grpo_seed0.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"grpo_seed0\.json was made by code of unknown version"):
+        run_ablation(settings, tmp_path)
+    loaded = run_ablation(settings, tmp_path, reuse_any_version=True)
+    mixed, lines = versions_report([r.provenance for r in loaded])
+    assert mixed and "- unknown: 1 runs" in lines and f"- src {code['source_sha256'][:12]}: 5 runs" in lines
+    assert versions_report([r.provenance for r in results])[0] is False
+    (tmp_path / "runs" / "grpo_seed0.json").write_text(json.dumps(saved))
+    monkeypatch.undo()
+    monkeypatch.setattr(run_mod, "run_one", never)
     (tmp_path / "runs" / "grpo_seed0.json").write_text(json.dumps({"method": "grpo"}))
     with pytest.raises(ValueError, match=r"grpo_seed0\.json is not a saved ablation run"):
         run_ablation(settings, tmp_path)
@@ -216,3 +260,127 @@ def test_small_ablation_runs_saves_resumes_and_plots(tmp_path: Path, monkeypatch
     panels = [ax for ax in diff.axes if ax.get_title()]
     assert len(panels) == 2  # training accuracy, held-out; no GRPO + ROUGE-L ran, so no row for LamPO + ROUGE-L
     assert [line.get_label() for line in panels[0].lines if not line.get_label().startswith("_")] == ["Dr. GRPO"]
+
+
+def test_holm_by_hand_on_the_wikipedia_example() -> None:
+    # en.wikipedia.org/wiki/Holm–Bonferroni_method, "Example": p = 0.01, 0.04, 0.03, 0.005 at α = 0.05. Sorted:
+    # 0.005 < 0.05/4 (reject), 0.01 < 0.05/3 (reject), 0.03 >= 0.05/2 (stop): H1 and H4 rejected. Adjusted p by
+    # hand: 4·0.005 = 0.02, 3·0.01 = 0.03, 2·0.03 = 0.06, max(0.06, 1·0.04) = 0.06.
+    p = [0.01, 0.04, 0.03, 0.005]
+    np.testing.assert_allclose(holm(p), [0.03, 0.06, 0.06, 0.02])
+    # Interval levels: 1 − α/4 and 1 − α/3 for the two rejected; the first unrejected (rank 3) and every later
+    # one get 1 − α/2, so their intervals contain 0, like Holm's decisions.
+    np.testing.assert_allclose(holm_levels(p), [1 - 0.05 / 3, 1 - 0.05 / 2, 1 - 0.05 / 2, 1 - 0.05 / 4])
+    with_nan = holm([0.01, math.nan, 0.04, 0.03, 0.005])  # a cell with < 2 seeds is not in the family
+    assert math.isnan(with_nan[1]) and np.allclose(np.delete(with_nan, 1), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(holm([0.5, 0.6]), [1.0, 1.0])  # capped at 1
+
+
+def test_paired_t_p_by_hand() -> None:
+    # differences 1, 2, 3: t = 2 / (1/√3) = √12 on 2 df, whose CDF is ½ + t / (2√(2 + t²)) in closed form,
+    # so the two-sided p is 1 − t / √(2 + t²) = 1 − √12/√14.
+    assert paired_t_p([1.0, 2.0, 3.0]) == pytest.approx(1 - math.sqrt(12 / 14))
+    assert paired_t_p([-1.0, -1.0]) == 0.0 and paired_t_p([0.0, 0.0]) == 1.0 and math.isnan(paired_t_p([1.0]))
+
+
+def test_power_against_gpower_and_simulation() -> None:
+    # G*Power 3.1, "t tests - Means: difference from constant (one sample case)", two tails, α 0.05, power 0.8:
+    # effect size d = 0.5 needs n = 34 (actual power 0.8078), d = 0.8 needs n = 15.
+    assert seeds_needed(0.5, 1.0) == 34 and paired_t_power(0.5, 1.0, 34) == pytest.approx(0.8078, abs=1e-4)
+    assert seeds_needed(0.8, 1.0) == 15 and seeds_needed(-0.8, 1.0) == 15
+    # The issue's numbers: per-seed SD 0.035 with 6 seeds detects about 0.05; 0.02 needs about 26-27 seeds.
+    assert detectable_effect(0.035, 6) == pytest.approx(0.050, abs=0.001) and seeds_needed(0.02, 0.035) == 27
+    # Independent check of the noncentral-t power: simulate paired t-tests at the detectable effect.
+    rng = np.random.default_rng(0)
+    for n in (3, 6):
+        delta = detectable_effect(1.0, n)
+        draws = rng.normal(delta, 1.0, size=(40_000, n))
+        rejected = stats.ttest_1samp(draws, 0.0, axis=1).pvalue < 0.05
+        assert rejected.mean() == pytest.approx(0.8, abs=0.01)
+
+
+def test_holm_family_intervals_agree_with_holm_decisions() -> None:
+    runs = []
+    gaps = {"lampo": [0.10, 0.12, 0.11, 0.09], "dr_grpo": [0.02, -0.01, 0.03, 0.00], "dapo": [0.05, 0.06, 0.02, 0.07]}
+    for seed in range(4):
+        runs.append(result("grpo", seed, [0.3, 0.3], [0.3, 0.3 + 0.01 * seed]))
+        for arm, gap in gaps.items():
+            runs.append(result(arm, seed, [0.3 + gap[seed], 0.3 + gap[seed]], [0.3, 0.3 + 0.01 * seed + gap[seed] / 2]))
+    settings = replace(preset("tiny"), methods=("grpo", *gaps), seeds=(0, 1, 2, 3), steps=2, threshold=0.99, smooth=1)
+    cells = family(paired_differences(runs, settings))
+    assert len(cells) == 9 and {c.outcome for c in cells} == {"steps", "auc", "final"}
+    testable = [c for c in cells if math.isfinite(c.p)]
+    assert len(testable) == 9  # steps: every run censored, all differences 0 -> p = 1, still in the family (m = 9)
+    for c in cells:
+        oracle = stats.ttest_1samp(c.interval.values, 0.0)
+        if np.ptp(c.interval.values) > 0:
+            assert c.p == pytest.approx(oracle.pvalue)
+            band = oracle.confidence_interval(c.level)
+            assert (c.adjusted.low, c.adjusted.high) == pytest.approx((band.low, band.high))
+            assert c.sd == pytest.approx(statistics.stdev(c.interval.values))
+        assert c.adjusted.excludes_zero == (c.p_holm < 0.05)
+    lampo_auc = next(c for c in cells if c.row.method == "lampo" and c.outcome == "auc")
+    assert lampo_auc.p_holm == pytest.approx(min(1.0, 9 * lampo_auc.p))  # the smallest p: Bonferroni's factor m
+    text = family_markdown(cells)
+    assert "| LamPO | GRPO | Δ train-acc AUC | 4 | +0.105 [" in text and "**+0.105 [" in text
+    assert "| Dr. GRPO | GRPO | Δ train-acc AUC | 4 |" in power_markdown(cells)
+
+
+def test_difference_of_differences_by_hand() -> None:
+    # AUC per (arm, seed); the density effect on LamPO minus on GRPO, per seed: (L+r − L) − (G+r − G).
+    auc = {("grpo", 0): 0.30, ("grpo+rouge", 0): 0.36, ("lampo", 0): 0.28, ("lampo+rouge", 0): 0.31,
+           ("grpo", 1): 0.20, ("grpo+rouge", 1): 0.22, ("lampo", 1): 0.25, ("lampo+rouge", 1): 0.30,
+           ("grpo", 2): 0.40, ("grpo+rouge", 2): 0.41, ("lampo", 2): 0.35, ("lampo+rouge", 2): 0.37,
+           ("lampo", 3): 0.1, ("lampo+rouge", 3): 0.9}  # seed 3 has no GRPO pair: left out
+    runs = [result(m, s, [a, a], [0.5, a]) for (m, s), a in auc.items()]
+    settings = replace(preset("tiny"), methods=("grpo", "lampo", "grpo+rouge", "lampo+rouge"), seeds=(0, 1, 2, 3),
+                       steps=2, threshold=0.99, smooth=1)
+    (row,) = interaction_differences(runs, settings)
+    expected = [(0.31 - 0.28) - (0.36 - 0.30), (0.30 - 0.25) - (0.22 - 0.20), (0.37 - 0.35) - (0.41 - 0.40)]
+    assert row.seeds == (0, 1, 2) and row.label == "ROUGE-L effect on LamPO" and row.reference_label == "on GRPO"
+    assert row.auc.values == pytest.approx(expected) and row.final.values == pytest.approx(expected)
+    assert row.steps.values == (0.0, 0.0, 0.0) and row.censored == 3
+    # The same number two ways: (L+r − G+r) − (L − G) from the paired tables' own per-seed differences.
+    versus = {r.method: r.auc.values for r in paired_differences(runs, settings)}
+    assert np.allclose(np.subtract(versus["lampo+rouge"], versus["lampo"][:3]), expected)
+
+
+def test_resolution_preset_is_the_smollm2_setting_with_more_seeds_and_a_larger_held_out_set() -> None:
+    from lampo_pl.ablation.settings import PRESETS, RESOLUTION_ARMS, UNAVAILABLE
+
+    if "smollm2-resolution" in UNAVAILABLE:  # DelTA / GSPO arms not merged yet: refused in one line, not dropped
+        assert "smollm2-resolution" not in PRESETS
+        with pytest.raises(ValueError, match=r"preset 'smollm2-resolution' is not available in this version: unknown "
+                                             r"ablation method '(delta|gspo)'"):
+            preset("smollm2-resolution")
+        return
+    resolution, smollm2 = preset("smollm2-resolution"), preset("smollm2")
+    assert resolution.methods == RESOLUTION_ARMS == ("grpo", "lampo", "delta", "gspo", "dapo")
+    assert resolution.seeds == tuple(range(24))
+    changed = {k for k, v in resolution.run_identity().items() if smollm2.run_identity()[k] != v}
+    assert changed == {"eval_every", "eval_problems", "eval_k", "track_kl"}  # training itself as in smollm2
+
+
+def test_report_only_redraws_every_committed_preset_exactly_without_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh clone's ``--report-only`` reproduces each committed ``table.md`` byte for byte from the run files."""
+    import runpy
+    import shutil
+    import sys
+
+    from lampo_pl.ablation.settings import PRESETS
+
+    results = ROOT / "bench" / "results" / "learning_efficiency"
+    committed = [name for name in PRESETS if (results / name / "runs").is_dir()]
+    assert "smollm2" in committed
+    monkeypatch.setattr(run_mod, "run_one", lambda *a, **k: pytest.fail("--report-only must not train"))
+    for name in committed:
+        out = tmp_path / name
+        shutil.copytree(results / name / "runs", out / "runs")
+        argv = ["learning_efficiency.py", "--preset", name, "--report-only", "--out", str(out)]
+        monkeypatch.setattr(sys, "argv", argv)
+        runpy.run_path(str(ROOT / "bench" / "learning_efficiency.py"), run_name="__main__")
+        assert (out / "table.md").read_text() == (results / name / "table.md").read_text(), name
+        assert (out / "paired.csv").read_text() == (results / name / "paired.csv").read_text(), name
+        assert (out / "differences.png").stat().st_size > 0

@@ -150,14 +150,24 @@ def test_non_finite_state_is_refused_on_load(tmp_path: Path) -> None:
 
 def test_checksum_survives_a_kill_between_its_update_and_the_rename(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """The checksum file is updated before the checkpoint is renamed into place: it lists both digests then."""
+    """The checksum file is updated before the checkpoint is renamed into place: it lists both digests then.
+
+    Only the checkpoint's own rename is killed (issue 21, item 13): the checksum file's rename goes through,
+    so a writer that recorded only the new digest before the rename leaves an old file that fails to verify.
+    """
     path = saved(tmp_path)
+    old_digest = checkpointing.file_sha256(path)
+    real_replace = os.replace
 
     def killed_before_rename(src: object, dst: object) -> None:
-        raise KeyboardInterrupt  # stands for SIGKILL between the checksum update and os.replace
+        if Path(str(dst)) == path:
+            raise KeyboardInterrupt  # stands for SIGKILL between the checksum update and os.replace
+        real_replace(src, dst)  # type: ignore[arg-type]
 
     monkeypatch.setattr(checkpointing_atomic.os, "replace", killed_before_rename)
     with pytest.raises(KeyboardInterrupt):
         AtomicCheckpointIO().save_checkpoint({"state_dict": {"lora_A": torch.zeros(4)}}, path)
     monkeypatch.undo()
+    listed = checkpointing.checksum_path(path).read_text().split()
+    assert len(listed) == 2 and listed[1] == old_digest, "the checksum file was updated, listing new and old"
     assert torch.equal(AtomicCheckpointIO().load_checkpoint(path)["state_dict"]["lora_A"], torch.ones(256))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lampo_pl.data import BadRowsWarning, load_problems
+from lampo_pl.data.columns import ColumnMapping
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
@@ -56,8 +57,21 @@ def test_csv_lines_count_the_header_and_quoted_newlines(tmp_path: Path) -> None:
         "Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
         '"One\nand two?",a,b,c,d\n\nNo answers?,a,b,c\n'
     )
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} line 5: missing field 'Incorrect Answer 3'$"):
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} line 5: 4 fields where the header has 5 "):
         load_problems("gpqa_diamond", source=str(path))
+
+
+def test_csv_row_with_more_fields_than_its_header_is_a_named_bad_row(tmp_path: Path) -> None:
+    """Issue 21, item 8: an unquoted comma (``What is 1,000 + 1?,1001``) would load as question ``What is 1``,
+    answer ``000 + 1?``; it is a bad row naming file and line, honoured by ``on_bad_row``."""
+    path, columns = tmp_path / "mine.csv", ColumnMapping(question="problem", answer="answer")
+    path.write_text('problem,answer\nWhat is 1 + 1?,2\nWhat is 1,000 + 1?,1001\n"What is 2,000 + 1?",2001\n')
+    with pytest.raises(ValueError) as err:
+        load_problems("mine", source=str(path), columns=columns)
+    assert one_line(err) == f"{path} line 3: 3 fields where the header has 2 (a comma in an unquoted field? quote it)"
+    with pytest.warns(BadRowsWarning, match=r"skipped 1 bad row\(s\) of 3 read: .*line 3: 3 fields"):
+        problems = load_problems("mine", source=str(path), on_bad_row="skip", columns=columns)
+    assert [(p.prompt, p.answer) for p in problems] == [("What is 1 + 1?", "2"), ("What is 2,000 + 1?", "2001")]
 
 
 def test_parquet_rows_are_0_based_indices_and_a_truncated_file_is_named(tmp_path: Path) -> None:

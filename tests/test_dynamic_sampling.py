@@ -1,11 +1,17 @@
-"""DAPO dynamic sampling's pure parts: which groups are informative, which make the batch, and joining rounds."""
+"""DAPO dynamic sampling's pure parts: which groups are informative, which make the batch, joining rounds, and
+the rounds themselves (no prompt twice in a step)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from lampo_pl.dynamic_sampling import choose_groups, informative_groups
+from lampo_pl.data.record import Problem
+from lampo_pl.dynamic_sampling import Round, choose_groups, group_filter, informative_groups
+from lampo_pl.rewards import RewardBatch
 from lampo_pl.rollout import Rollout
+from lampo_pl.sampling_rounds import sample_rounds
+from lampo_pl.settings import MethodArgs, RewardArgs, SettingsError, filter_signal_of
 from lampo_pl.trajectory import select_groups
 
 
@@ -52,3 +58,43 @@ def test_select_groups_pads_rounds_of_different_widths() -> None:
     assert joined.sampled_logprobs is not None
     assert torch.equal(joined.sampled_logprobs, -joined.response_mask.float())
     assert joined.generation_seconds == 2.0
+
+
+def _problem(prompt: str) -> Problem:
+    return Problem(id=prompt, prompt=prompt, answer="1")
+
+
+def test_refill_rounds_never_draw_a_prompt_already_in_the_step() -> None:
+    """Issue 21, item 10: a refill batch that repeats the step's prompts (or an earlier round's) samples only
+    the new ones; a round with nothing new samples nothing, yet counts (the ranks agree on rounds)."""
+    refills = iter([["a", "c", "c"], ["c", "b"], ["d", "e"]])
+    sampled: list[list[str]] = []
+
+    def sample_round(problems: list[Problem], index: int) -> Round:
+        sampled.append([q.prompt for q in problems])
+        n = len(problems) * 2  # G = 2, every group uninformative: refill until the bound
+        rollout = _rollout([[1]] * n, [[2]] * n)
+        scored = RewardBatch(total=[0.0] * n, components={}, correct=[0.0] * n, diagnostics={})
+        return Round([q.prompt for q in problems], rollout, [q for q in problems for _ in range(2)], scored,
+                     torch.zeros(len(problems), dtype=torch.bool))
+
+    sample = sample_rounds([_problem("a"), _problem("b")], sample_round,
+                           lambda: [_problem(p) for p in next(refills)], lambda flag: flag, num_groups=2,
+                           group_size=2, dynamic_sampling=True, max_refill_rounds=3)
+    assert sampled == [["a", "b"], ["c"], ["d", "e"]]  # round 2 drew only prompts of the step: nothing sampled
+    assert sample.stats.groups_sampled == 5 and sample.stats.rounds == 3
+
+
+def test_filter_signal_auto_is_correctness_when_it_weighs_else_total_and_refuses_correctness_at_weight_0() -> None:
+    """Issue 21, item 9 (verl's ``algorithm.filter_groups.metric``)."""
+    on = MethodArgs(dynamic_sampling=True)
+    assert filter_signal_of(on, RewardArgs(correctness=1.0)) == "correctness"
+    assert filter_signal_of(on, RewardArgs(correctness=0.0, density=1.0)) == "total"
+    assert filter_signal_of(MethodArgs(), RewardArgs(correctness=0.0, density=1.0)) is None
+    with pytest.raises(SettingsError, match=r"^model\.method\.filter_signal='correctness': allowed .*correctness is 0"):
+        filter_signal_of(MethodArgs(dynamic_sampling=True, filter_signal="correctness"),
+                         RewardArgs(correctness=0.0, format=1.0))
+    scored = RewardBatch(total=[0.5, 0.0, 1.0, 1.0], components={}, correct=[0.0] * 4, diagnostics={})
+    assert group_filter(scored, 2, "total").tolist() == [True, False]
+    assert group_filter(scored, 2, "correctness").tolist() == [False, False]
+    assert group_filter(scored, 2, None).tolist() == [True, True]

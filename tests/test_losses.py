@@ -13,10 +13,10 @@ from lampo_pl.losses import (
     BatchCounts,
     aggregate,
     batch_counts,
-    clipped_policy_loss,
     kl_penalty,
     sequence_coefficients,
 )
+from lampo_pl.policy_losses import policy_loss as clipped_policy_loss
 
 MODES = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm", "lambda")
 

@@ -12,11 +12,11 @@ import lampo_pl.module as module_mod
 from lampo_pl.data.datamodule import ProblemDataModule
 from lampo_pl.data.record import Problem
 from lampo_pl.logprobs import token_logprobs
-from lampo_pl.module import LamPOModule, check_batch_shape
+from lampo_pl.module import LamPOModule
 from lampo_pl.policy import adapter_state
 from lampo_pl.rewards import RewardBatch
 from lampo_pl.rollout import Rollout, SamplingParams
-from lampo_pl.settings import ComputeArgs, MethodArgs, OptimArgs
+from lampo_pl.settings import ComputeArgs, MethodArgs, OptimArgs, RewardArgs, check_batch_shape
 from lampo_pl.trajectory import Trajectory
 
 ESTIMATORS = ("grpo", "dr_grpo", "rloo", "lampo")
@@ -282,3 +282,40 @@ def test_autocast_runs_every_teacher_forced_pass_in_bfloat16() -> None:
     fit(module, steps=1)
     after = adapter_state(module.policy_model, "policy")
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_trained_step_metrics_leave_the_filler_groups_out() -> None:
+    """Issue 21, item 11: with one informative group and one filler group, ``acc_trained``, ``reward`` and the
+    advantage statistics are the kept group's (0.5, not 0.75 with the all-right filler mixed in)."""
+    module = make("grpo", cls=RoundRewards, dynamic_sampling=True, max_refill_rounds=1)
+    module.rounds = [UNIFORM + MIXED, UNIFORM + UNIFORM]
+    fit(module, steps=1)
+    metrics = module.last_step.metrics
+    assert module.last_step.rewards == MIXED + UNIFORM  # the filler group rides along, masked
+    assert metrics["acc_trained"] == pytest.approx(0.5) and metrics["reward"] == pytest.approx(0.5)
+    assert metrics["reward_std"] == pytest.approx(0.5) and metrics["reward_scripted"] == pytest.approx(0.5)
+    assert metrics["zero_variance_frac"] == 0.0  # the kept group's rewards vary; the filler's do not
+    assert metrics["acc"] == pytest.approx(0.75)  # the first round's, on the step's own prompts
+
+
+class ShapedOnly(RoundRewards):
+    """Correctness always 0, a shaped total that varies: only the total can tell groups apart."""
+
+    def score(self, rollout: Rollout, problems: list[Problem]) -> RewardBatch:
+        batch = super().score(rollout, problems)
+        return RewardBatch(total=batch.total, components=batch.components, correct=[0.0] * len(batch.total),
+                           diagnostics={})
+
+
+def test_dynamic_sampling_filters_on_the_total_reward_when_correctness_weighs_0() -> None:
+    """Issue 21, item 9: with correctness at weight 0 (``filter_signal: auto``) the groups whose total reward
+    varies are informative; filtering on correctness would drop every group and train on nothing."""
+    module = ShapedOnly(model="tiny:qwen3", group_size=4, prompts_per_step=2,
+                        sampling=SamplingParams(temperature=1.0, max_new_tokens=8),
+                        method=MethodArgs(estimator="grpo", dynamic_sampling=True, max_refill_rounds=2),
+                        compute=ComputeArgs(micro_batch_size=4), rewards=RewardArgs(correctness=0.0, format=1.0))
+    module.rounds = [MIXED + MIXED]
+    trainer = fit(module, steps=1)
+    m = trainer.callback_metrics
+    assert float(m["train/dynamic_sampling/groups_kept"]) == 2 and float(m["train/dynamic_sampling/rounds"]) == 1
+    assert module.calls == 1

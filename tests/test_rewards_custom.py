@@ -17,7 +17,7 @@ import pytest
 
 from lampo_pl.data.record import Problem
 from lampo_pl.rewards import CustomReward, RewardSpec, check_custom_rewards, score_responses
-from lampo_pl.rewards.custom import reward_columns, shared_runner
+from lampo_pl.rewards.custom import TrainerProgress, reward_columns, shared_runner
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBLEMS = [
@@ -69,7 +69,8 @@ def test_called_as_trl_calls_it(user_module: str, tmp_path: Path, monkeypatch: p
     record = tmp_path / "record.json"
     monkeypatch.setenv("LAMPO_TEST_RECORD", str(record))
     reward = CustomReward(f"{user_module}.trl_style", weight=0.5)
-    batch = score_responses(["so 2", "I pick A"], PROBLEMS, [], custom=[reward], completion_ids=[[5, 6], [7]], step=3)
+    batch = score_responses(["so 2", "I pick A"], PROBLEMS, [], custom=[reward], completion_ids=[[5, 6], [7]],
+                            state=TrainerProgress(global_step=3))
     assert batch.components == {"trl_style": [1.0, 0.0]}
     assert batch.total == [0.5, 0.0]
     seen = json.loads(record.read_text())

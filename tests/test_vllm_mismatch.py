@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from lampo_pl.losses import clipped_policy_loss
 from lampo_pl.mismatch import MismatchMeter, sampler_mismatch, truncated_is_weights
+from lampo_pl.policy_losses import policy_loss as clipped_policy_loss
 from lampo_pl.vllm_engine import request_seeds, step_seed
 
 

@@ -1,4 +1,4 @@
-"""The ablation figures: per-method curves (a line and a ±1 std band over seeds per metric), and paired
+"""The ablation figures: per-method curves (a line and a ±1 sample-SD band over seeds per metric), and paired
 differences to the baseline (a line and a 95 % t band over seeds; above 0: the arm is ahead).
 
 matplotlib is imported here only (``pip install lampo-pl[ablation]``); the rest of the package runs
@@ -39,7 +39,8 @@ def plot_ablation(
     results: Sequence[RunResult], methods: Sequence[str], smooth: int = 10, threshold: float | None = None,
     panels: Sequence[tuple[str, str]] = PANELS,
 ) -> Any:
-    """A matplotlib ``Figure``: mean ± std over seeds per method, per-step metrics smoothed over ``smooth`` steps."""
+    """A matplotlib ``Figure``: mean ± sample SD over seeds per method, per-step metrics smoothed over ``smooth``
+    steps."""
     import matplotlib.pyplot as plt
 
     cols = 3

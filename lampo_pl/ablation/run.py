@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import lightning as L
 import torch
 
 from lampo_pl.ablation.methods import method_preset
+from lampo_pl.ablation.provenance import UNKNOWN, commit_label, provenance, source_digest, version_key
 from lampo_pl.ablation.settings import AblationSettings
 from lampo_pl.callbacks.evaluation import BenchmarkEvaluation
 from lampo_pl.checkpointing import write_text_atomic
@@ -44,6 +46,8 @@ class RunResult:
         evals: Per held-out evaluation, ``{"step", "avg_at_k", "pass_at_k", "grader_failures"}``.
         seconds: Wall time of the run.
         settings: ``AblationSettings.run_identity()`` of the settings it ran with.
+        provenance: Code version, machine and library versions (``provenance.provenance()``) and
+            ``finished`` (UTC time); None in runs saved before it was recorded (their version is "unknown").
     """
 
     method: str
@@ -52,6 +56,7 @@ class RunResult:
     evals: list[dict[str, float]]
     seconds: float
     settings: dict[str, Any]
+    provenance: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -119,8 +124,13 @@ def _quiet(log_file: Path) -> Iterator[None]:
             lightning_log.setLevel(level)
 
 
-def run_one(settings: AblationSettings, method: str, seed: int, out_dir: str | Path) -> RunResult:
-    """Train one (method, seed) run, save it under ``out_dir`` and return it."""
+def run_one(
+    settings: AblationSettings, method: str, seed: int, out_dir: str | Path, origin: dict[str, Any] | None = None
+) -> RunResult:
+    """Train one (method, seed) run, save it under ``out_dir`` and return it.
+
+    ``origin``: the provenance to record (``run_ablation`` takes it once, when it starts: the code a
+    long ablation runs is the code it loaded then, whatever is edited on disk meanwhile); None: now."""
     out = Path(out_dir)
     name = run_name(method, seed)
     threads = torch.get_num_threads()
@@ -142,6 +152,8 @@ def run_one(settings: AblationSettings, method: str, seed: int, out_dir: str | P
             )
             L.seed_everything(seed, verbose=False)
             trainer.fit(module, datamodule=data)
+        if trainer.global_step < settings.steps:  # e.g. SIGTERM: Lightning ends fit early, and it must not pass
+            raise RuntimeError(f"{name} stopped after {trainer.global_step} of {settings.steps} steps; not saved")
     finally:
         torch.set_num_threads(threads)
     evals = [
@@ -150,7 +162,8 @@ def run_one(settings: AblationSettings, method: str, seed: int, out_dir: str | P
          "grader_failures": float(r["results"][0].get("grader_failures", 0))}
         for r in evaluation.history
     ]
-    result = RunResult(method, seed, history.rows, evals, time.perf_counter() - start, settings.run_identity())
+    record = {**(origin or provenance()), "finished": datetime.now(UTC).isoformat(timespec="seconds")}
+    result = RunResult(method, seed, history.rows, evals, time.perf_counter() - start, settings.run_identity(), record)
     save_result(result, out / "runs" / f"{name}.json")
     return result
 
@@ -175,7 +188,9 @@ def load_results(out_dir: str | Path) -> list[RunResult]:
     return sorted((load_result(p) for p in paths), key=lambda r: (r.method, r.seed))
 
 
-def _finished(settings: AblationSettings, path: Path) -> RunResult | None:
+def _finished(settings: AblationSettings, path: Path, current: str | None) -> RunResult | None:
+    """The saved run at ``path`` if it may be reused: same settings, and made by the code version ``current``
+    (``provenance.version_key``; None: any version)."""
     if not path.exists():
         return None
     result = load_result(path)
@@ -183,24 +198,35 @@ def _finished(settings: AblationSettings, path: Path) -> RunResult | None:
         changed = sorted(k for k in settings.run_identity() if result.settings.get(k) != settings.run_identity()[k])
         raise ValueError(f"{path} was run with other settings (differing: {', '.join(changed)}); use another "
                          "output folder or delete it")
+    saved = version_key(result.provenance)
+    if current is not None and saved != current:
+        made = "by code of unknown version" if saved == UNKNOWN else \
+            f"by other code ({saved}, commit {commit_label(result.provenance)}; now {current})"
+        raise ValueError(f"{path} was made {made}: delete it to re-run it, or reuse it anyway with "
+                         "--reuse-any-version (reuse_any_version=True; the report flags mixed versions)")
     return result
 
 
 def run_ablation(
-    settings: AblationSettings, out_dir: str | Path, on_result: Callable[[RunResult], None] | None = None
+    settings: AblationSettings, out_dir: str | Path, on_result: Callable[[RunResult], None] | None = None,
+    reuse_any_version: bool = False,
 ) -> list[RunResult]:
     """Every method × seed, ``settings.workers`` at a time; runs already saved in ``out_dir`` are reused.
 
     Runs go seed by seed (every method of seed 0, then of seed 1, ...), so an ablation stopped early
     still holds complete pairs. Returns them in ``settings.methods`` × ``settings.seeds`` order.
     ``on_result`` is called as each run finishes (or is found finished), e.g. to print progress.
+    A saved run made by another version of ``lampo_pl`` (or of unknown version) raises ``ValueError``
+    unless ``reuse_any_version``: numbers from two code versions would otherwise mix silently.
     """
     out = Path(out_dir)
+    origin = provenance()
+    current = None if reuse_any_version else version_key({"code": {"source_sha256": source_digest()}})
     todo: list[tuple[str, int]] = []
     results: dict[tuple[str, int], RunResult] = {}
     for seed in settings.seeds:
         for method in settings.methods:
-            done = _finished(settings, out / "runs" / f"{run_name(method, seed)}.json")
+            done = _finished(settings, out / "runs" / f"{run_name(method, seed)}.json", current)
             if done is None:
                 todo.append((method, seed))
             else:
@@ -209,13 +235,13 @@ def run_ablation(
                     on_result(done)
     if settings.workers == 1:
         for method, seed in todo:
-            results[method, seed] = run_one(settings, method, seed, out)
+            results[method, seed] = run_one(settings, method, seed, out, origin)
             if on_result:
                 on_result(results[method, seed])
     elif todo:
         # spawn, not fork: a forked child would inherit this process's torch thread pools and locks.
         with ProcessPoolExecutor(settings.workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(run_one, settings, m, s, out): (m, s) for m, s in todo}
+            futures = {pool.submit(run_one, settings, m, s, out, origin): (m, s) for m, s in todo}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 if on_result:

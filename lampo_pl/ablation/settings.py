@@ -14,13 +14,19 @@
   LamPO ± ROUGE-L, 6 seeds of 10 steps; ~40 s per step on one core of the CPU machine that ran most
   runs (~7 min a run), ~2 min on the one that ran the first five (23-33 min a run).
 
+- ``smollm2-resolution``: the ``smollm2`` training setting unchanged (so the committed runs' variance
+  applies), with GRPO, LamPO, DelTA, GSPO and DAPO over 24 paired seeds, held-out 64 problems × 4
+  samples at steps 0 and 10, KL tracked only where it is penalised (GRPO): sized so the 95 % half-width
+  of LamPO − GRPO and DelTA − GRPO AUC is about 0.015 (docs/ablations.md, "The resolution run").
+  Resumable; run GRPO, LamPO and DelTA first (~8 CPU-hours), then GSPO and DAPO on the same seeds.
+
 For a real model, replace fields (``dataclasses.replace`` or the notebook's settings cell): e.g.
 ``model="Qwen/Qwen3-1.7B", quantization="4bit"``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 from lampo_pl.ablation.methods import method_preset
@@ -137,8 +143,23 @@ PRESETS: dict[str, AblationSettings] = {
 }
 
 
+# The resolution run (docs/ablations.md): the smollm2 training setting, 24 seeds, a larger held-out set.
+RESOLUTION_ARMS = ("grpo", "lampo", "delta", "gspo", "dapo")
+# Presets whose arms this version of lampo_pl lacks: name -> why (``preset`` refuses them in one line).
+UNAVAILABLE: dict[str, str] = {}
+try:
+    PRESETS["smollm2-resolution"] = replace(
+        PRESETS["smollm2"], methods=RESOLUTION_ARMS, seeds=tuple(range(24)), eval_every=10, eval_problems=64,
+        eval_k=4, track_kl=False,
+    )
+except ValueError as err:  # an arm not yet in ablation/methods.py (DelTA and GSPO land separately)
+    UNAVAILABLE["smollm2-resolution"] = str(err)
+
+
 def preset(name: str) -> AblationSettings:
-    """The embedded preset ``name`` (``tiny``, ``tiny-room`` or ``smollm2``)."""
+    """The embedded preset ``name`` (``tiny``, ``tiny-room``, ``smollm2``, ``smollm2-resolution``)."""
+    if name in UNAVAILABLE:
+        raise ValueError(f"ablation preset {name!r} is not available in this version: {UNAVAILABLE[name]}")
     if name not in PRESETS:
         raise ValueError(f"unknown ablation preset {name!r}; expected one of {', '.join(PRESETS)}")
     return PRESETS[name]

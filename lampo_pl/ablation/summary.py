@@ -1,4 +1,4 @@
-"""From runs to curves (mean ± std over seeds), the ablation table, and paired differences with intervals.
+"""From runs to curves (mean ± sample SD over seeds), the ablation table, and paired differences with intervals.
 
 Three outcome metrics per run:
 - steps to threshold: the first step at which training accuracy, averaged over the trailing
@@ -59,7 +59,8 @@ def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Curve:
-    """A metric against steps, over seeds: mean, std (population) and how many seeds had a value. [S] each"""
+    """A metric against steps, over seeds: mean, sample SD (ddof = 1; NaN with one seed) and how many seeds had
+    a value. [S] each"""
 
     steps: np.ndarray
     mean: np.ndarray
@@ -68,24 +69,24 @@ class Curve:
 
 
 def curve(results: Sequence[RunResult], metric: str, smooth: int = 1) -> Curve:
-    """Per-step mean ± std over runs (all runs of one method) of ``metric``, each run smoothed first."""
+    """Per-step mean ± sample SD over runs (all runs of one method) of ``metric``, each run smoothed first."""
     if not results:
         raise ValueError(f"no runs to make a {metric!r} curve from")
     length = min(len(r.steps) for r in results)
     stacked = np.stack([trailing_mean(series(r, metric)[1][:length], smooth) for r in results])  # [R, S]
     count = np.isfinite(stacked).sum(axis=0)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: a metric this method does not log
-        mean, std = np.nanmean(stacked, axis=0), np.nanstd(stacked, axis=0)
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column (a metric this method does not log), 1 seed
+        mean, std = np.nanmean(stacked, axis=0), np.nanstd(stacked, axis=0, ddof=1)
     return Curve(series(results[0], metric)[0][:length], mean, std, count)
 
 
 def eval_curve(results: Sequence[RunResult], key: str = "avg_at_k") -> Curve:
-    """Held-out ``avg_at_k`` (or ``pass_at_k``) at each evaluation step, mean ± std over runs."""
+    """Held-out ``avg_at_k`` (or ``pass_at_k``) at each evaluation step, mean ± sample SD over runs."""
     length = min(len(r.evals) for r in results)
     stacked = np.array([[e[key] for e in r.evals[:length]] for r in results], dtype=float)  # [R, E]
     steps = np.array([e["step"] for e in results[0].evals[:length]], dtype=float)
-    return Curve(steps, stacked.mean(axis=0), stacked.std(axis=0), np.full(length, len(results)))
+    return Curve(steps, stacked.mean(axis=0), _sd(stacked), np.full(length, len(results)))
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,14 @@ def difference_band(
     return Band(steps, mean, mean - half, mean + half)
 
 
+def _sd(values: np.ndarray) -> np.ndarray:
+    """Sample SD (ddof = 1) over axis 0; NaN with fewer than 2 rows. [N, ...] -> [...]"""
+    values = np.asarray(values, dtype=float)
+    if values.shape[0] < 2:
+        return np.full(values.shape[1:], math.nan)
+    return values.std(axis=0, ddof=1)
+
+
 def _nanmean(values: np.ndarray) -> float:
     """Mean of the finite values; NaN (without numpy's all-NaN warning) when there are none."""
     finite = values[np.isfinite(values)]
@@ -149,7 +158,7 @@ def steps_to_threshold(result: RunResult, threshold: float, smooth: int) -> int 
 
 @dataclass(frozen=True)
 class SummaryRow:
-    """One method's line of the table (mean and std over its seeds)."""
+    """One method's line of the table (mean and sample SD, ddof = 1, over its seeds; ``*_std`` are those SDs)."""
 
     method: str
     label: str
@@ -185,14 +194,14 @@ def summarise(results: Sequence[RunResult], settings: AblationSettings) -> list[
             seeds=len(runs),
             reached=len(hits),
             steps_to_threshold_mean=float(np.mean(hits)) if hits else math.nan,
-            steps_to_threshold_std=float(np.std(hits)) if hits else math.nan,
+            steps_to_threshold_std=float(_sd(np.array(hits))) if hits else math.nan,
             start_accuracy_mean=float(np.mean([r.evals[0]["avg_at_k"] for r in runs])),
             final_accuracy_mean=float(final.mean()),
-            final_accuracy_std=float(final.std()),
+            final_accuracy_std=float(_sd(final)),
             final_pass_at_k_mean=float(np.mean([r.evals[-1]["pass_at_k"] for r in runs])),
             final_train_accuracy_mean=_nanmean(np.array([_nanmean(series(r, "acc")[1][-last:]) for r in runs])),
             train_auc_mean=float(np.mean(aucs)),
-            train_auc_std=float(np.std(aucs)),
+            train_auc_std=float(_sd(aucs)),
             final_kl_mean=_nanmean(np.array([_nanmean(series(r, "kl_ref")[1][-last:]) for r in runs])),
             seconds_per_step=float(np.mean([r.seconds / max(1, len(r.steps)) for r in runs])),
         ))
@@ -200,13 +209,16 @@ def summarise(results: Sequence[RunResult], settings: AblationSettings) -> list[
 
 
 def _pm(mean: float, std: float, digits: int) -> str:
-    return "—" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
 
 
 def to_markdown(rows: Sequence[SummaryRow], settings: AblationSettings) -> str:
-    """The per-method table as GitHub Markdown (mean ± std over seeds)."""
+    """The per-method table as GitHub Markdown (mean ± sample SD over seeds, said in the header)."""
     k = settings.eval_k
-    head = (f"| method | steps to train acc ≥ {settings.threshold:g} (reached) | held-out avg@{k} start → final "
+    head = (f"Mean ± sample SD (ddof = 1) over seeds.\n\n"
+            f"| method | steps to train acc ≥ {settings.threshold:g} (reached) | held-out avg@{k} start → final "
             f"| final pass@{k} | train-acc AUC | train acc, last {settings.smooth} steps "
             f"| KL to ref, last {settings.smooth} steps | s/step |")
     lines = [head, "|" + "---|" * 8]
@@ -234,12 +246,14 @@ def to_csv(rows: Sequence[SummaryRow]) -> str:
 
 @dataclass(frozen=True)
 class Interval:
-    """Mean of ``n`` paired differences and its two-sided t interval (NaN bounds when n < 2)."""
+    """Mean of ``n`` paired differences and its two-sided t interval (NaN bounds when n < 2); ``values`` are
+    the finite differences it was computed from (for tests and corrections over them)."""
 
     mean: float
     low: float
     high: float
     n: int
+    values: tuple[float, ...] = ()
 
     @property
     def excludes_zero(self) -> bool:
@@ -263,9 +277,9 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> Interval:
         return Interval(math.nan, math.nan, math.nan, 0)
     mean = float(x.mean())
     if x.size < 2:
-        return Interval(mean, math.nan, math.nan, 1)
+        return Interval(mean, math.nan, math.nan, 1, (mean,))
     half = float(t_half_width(x, level))
-    return Interval(mean, mean - half, mean + half, int(x.size))
+    return Interval(mean, mean - half, mean + half, int(x.size), tuple(float(v) for v in x))
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from lampo_pl.data.gsm8k import split_answer
 from lampo_pl.data.record import Problem, ProblemKind
 from lampo_pl.data.sources import BadRowError, Row, optional_text, required_text
 from lampo_pl.rewards.extraction import last_boxed
+from lampo_pl.rewards.inputs import RESERVED_ARGUMENTS
 
 Extract = Literal["as_is", "gsm8k", "boxed"]
 CHOICE_LETTERS = "ABCD"  # what the choice grader accepts (lampo_pl/rewards/choice.py)
@@ -75,6 +76,10 @@ class ColumnMapping:
             raise ValueError(f"columns: kind must be math or choice, got {self.kind!r}")
         if isinstance(self.metadata, str):  # a lone name would be read as its letters
             raise ValueError(f"columns: metadata must be a list of column names, got {self.metadata!r}")
+        for column in self.metadata:  # custom rewards get metadata as keyword arguments, beside TRL's own
+            if column in RESERVED_ARGUMENTS:
+                raise ValueError(f"columns: metadata column {column!r} has the name of an argument reward "
+                                 f"functions get from the trainer ({', '.join(RESERVED_ARGUMENTS)}); rename it")
 
     def benchmark(self, name: str) -> Benchmark:
         """The problem set ``name`` read with this mapping (it has no default source)."""

@@ -82,9 +82,16 @@ def render_prompt(
             ``few_shot_pairs`` to build them from solved problems.
         instruction: Appended to the problem (see ``user_message``); ``None`` for none.
     """
-    kwargs: dict[str, Any] = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
     messages = chat_messages(problem, system_prompt=system_prompt, few_shot=few_shot, instruction=instruction)
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+    return render_messages(tokenizer, messages, enable_thinking=enable_thinking)
+
+
+def render_messages(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]], *, enable_thinking: bool | None = None
+) -> str:
+    """``messages`` through the chat template, ending with the assistant header (``render_prompt``)."""
+    kwargs: dict[str, Any] = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True, **kwargs)
     if not isinstance(text, str):
         raise TypeError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}, not str")
     return text

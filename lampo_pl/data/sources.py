@@ -11,7 +11,8 @@
   file's 1-based LINE where the record starts (a CSV's header is line 1; blank lines count, as in
   an editor); otherwise (a JSON array, Parquet, a Hub split) the 0-based ROW index. Messages say
   which: ``"data.jsonl line 7: ..."``, ``"data.parquet row 6: ..."``.
-- A line that cannot become a record (not UTF-8, not JSON) is a bad row like one with a missing
+- A line that cannot become a record (not UTF-8, not JSON, a CSV record with more or fewer fields
+  than its header: ``What is 1,000 + 1?,1001`` unquoted) is a bad row like one with a missing
   field (``BadRowError``): the loader stops at it, or skips and counts it (``on_bad_row="skip"``).
   A file that cannot be read at all (truncated Parquet, an invalid JSON document, text the CSV
   reader rejects) is one ``ValueError`` naming the file (and the line where known).
@@ -186,7 +187,10 @@ def _read_csv(path: Path) -> Iterator[SourceRow]:
 
 
 def _csv_record(header: list[str], record: list[str]) -> Row | BadRowError:
-    row = dict(zip(header, record, strict=False))
+    if len(record) != len(header):  # an unquoted comma would shift every later field into the wrong column
+        hint = "a comma in an unquoted field? quote it" if len(record) > len(header) else "a field is missing"
+        return BadRowError(f"{len(record)} fields where the header has {len(header)} ({hint})")
+    row = dict(zip(header, record, strict=True))
     for name, value in row.items():
         try:
             value.encode("utf-8")

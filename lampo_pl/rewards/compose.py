@@ -8,6 +8,7 @@
 3. ``format`` is `format_reward` with the chat template's thinking mode.
 4. Users' own functions (`CustomReward`, ``model.rewards.custom``) are called as TRL calls them
    (`lampo_pl.rewards.custom`); a ``None`` (NaN) value is left out of the sum, as TRL's ``nansum``.
+   One that fails its first batch, or too many in a row, stops the run (`RewardGuard`).
 Components are reported unweighted, one list per configured name, so each can be logged.
 """
 
@@ -20,7 +21,7 @@ from typing import Literal, get_args
 
 from lampo_pl.data.record import Problem
 from lampo_pl.rewards.choice import grade_choice
-from lampo_pl.rewards.custom import CustomReward, score_custom
+from lampo_pl.rewards.custom import CustomReward, Messages, RewardGuard, TrainerProgress, score_custom
 from lampo_pl.rewards.format import format_reward
 from lampo_pl.rewards.inputs import check_lengths
 from lampo_pl.rewards.math_grading import grade_math
@@ -102,7 +103,9 @@ def score_responses(
     timeout_s: float = 5.0,
     custom: Sequence[CustomReward] = (),
     completion_ids: Sequence[Sequence[int]] | None = None,
-    step: int | None = None,
+    state: TrainerProgress | None = None,
+    prompt_messages: Sequence[Messages] | None = None,
+    guard: RewardGuard | None = None,
 ) -> RewardBatch:
     """Score responses with the configured rewards (module docstring).
 
@@ -114,7 +117,10 @@ def score_responses(
         timeout_s: Time bound of one math-verify check (`grade_math`).
         custom: Users' reward functions, each its own component (NaN where it returned None).
         completion_ids: Token ids of each response, for ``custom`` (TRL's ``completion_ids``).
-        step: The optimiser step, for ``custom`` (``trainer_state.global_step``).
+        state: Where the run stands, for ``custom`` (``trainer_state``: global_step, max_steps, epoch).
+        prompt_messages: Per response, the chat messages its prompt was rendered from, for ``custom``
+            (TRL's conversational format); ``None``: plain-text prompts.
+        guard: Stops the run when a custom reward fails its preflight batch or too many in a row.
 
     Raises:
         ValueError: lengths differ, a reward name is unknown or repeated, or a problem kind is
@@ -138,8 +144,8 @@ def score_responses(
             diagnostics["density_missing_solution"] = float(solutions.count(None))
         else:
             components[name] = format_reward(responses, thinking=thinking)
-    custom_components, custom_diagnostics = score_custom(custom, responses, problems,
-                                                         completion_ids=completion_ids, step=step)
+    custom_components, custom_diagnostics = score_custom(custom, responses, problems, completion_ids=completion_ids,
+                                                         state=state, prompt_messages=prompt_messages, guard=guard)
     components |= custom_components
     diagnostics |= custom_diagnostics
     weights = [(spec.name, spec.weight) for spec in specs] + [(reward.key, reward.weight) for reward in custom]

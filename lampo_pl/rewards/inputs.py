@@ -23,3 +23,11 @@ def as_text(value: object) -> str:
     if isinstance(value, str):
         return value
     return "" if value is None else str(value)
+
+
+# The keyword arguments TRL 1.16's GRPOTrainer gives a reward function besides the dataset's columns
+# (trl/trainer/grpo_trainer.py, _calculate_rewards, lines 1584-1598 and 1626-1628). A data column of one of
+# these names would replace the real argument, so it is refused when the data loads.
+RESERVED_ARGUMENTS = (
+    "prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric", "environments",
+)

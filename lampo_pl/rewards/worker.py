@@ -8,7 +8,10 @@ users' own reward functions (`custom.CustomRewardRunner`). Why a child process a
 2. An alarm only interrupts between Python bytecodes: C-level big-integer work such as
    ``10^{10^{10}}`` or ``(10^6)!`` ran 12 s to >20 s under a 3 s alarm on this machine. Killing
    a process stops anything.
-3. The trainer's memory is not touched by a runaway computation.
+3. The trainer's memory is not touched by a runaway computation (the workers also cap their own
+   address space with ``RLIMIT_AS``).
+4. The child leads its own process group (``start_new_session``); a timeout kills the whole group
+   (``os.killpg``), so a reward function's own subprocesses do not outlive it.
 Protocol: the child prints ``ready`` once it has imported what it needs, then answers each request
 line with one line. Linux/POSIX only (``select`` on a pipe), like the rest of the stack.
 """
@@ -19,6 +22,7 @@ import atexit
 import logging
 import os
 import select
+import signal
 import subprocess
 import threading
 import time
@@ -131,7 +135,10 @@ class LineWorker:
         proc, self._proc, self._buffer = self._proc, None, b""
         if proc is None:
             return
-        proc.kill()
+        try:  # the whole group: the child and whatever it started (start_new_session made it the leader)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not ignorable
