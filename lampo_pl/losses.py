@@ -22,7 +22,7 @@ How the pieces relate to GRPO:
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 from torch import Tensor
@@ -77,6 +77,15 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: KLEstimator = "k3") ->
         return 0.5 * log_ratio.square()
     ref_minus = (-log_ratio).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [N, L]
     return torch.exp(ref_minus) - ref_minus - 1.0  # [N, L]
+
+
+def clipped_policy_loss(
+    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, **kwargs: Any
+) -> tuple[Tensor, PolicyLossStats]:
+    """PPO's clipped loss, ``policy_losses.policy_loss(kind="clip")`` (the name before the other surrogates came)."""
+    from lampo_pl.policy_losses import policy_loss  # imported here: policy_losses imports this module
+
+    return policy_loss(logp, old_logp, advantages, mask, kind="clip", **kwargs)
 
 
 def lambda_weights(

@@ -17,6 +17,10 @@ log π_θ the trainer computes for the same tokens, so a rollout is slightly off
      (a sum, not GSPO's mean) — broadcast to the response's tokens.
    TRL's default is ``sequence_mask`` with C_max = 3 and no C_min; lampo-pl's is none (docs/algorithms.md).
    As in TRL, the β·KL term is added after the weighting and is not weighted.
+3. A sampler that reports the log-probs of its top-p / top-k truncated distribution (vLLM's engine) is not
+   compared with π_old at all: the difference would be the truncation, not the kernels. Its cut-away mass
+   is logged instead (``sampler_truncated_mass_{mean,max}``), and a correction with it is refused
+   (lampo_pl/vllm_checks.py).
 """
 
 from __future__ import annotations
@@ -73,9 +77,20 @@ def sampler_correction_weights(
     return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
 
 
+def truncated_mass(old_logp: Tensor, truncated_logp: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """-> (sum, number of tokens, max) over `mask` of the probability mass top-p / top-k cut away at each token.
+
+    A sampler that truncates draws o_t from π(·)/M_t on its kept set (M_t: the kept mass) and reports
+    log π_trunc(o_t) = log π(o_t) − log M_t, so 1 − M_t = 1 − exp(log π_old − log π_trunc) (clamped at 0: the
+    kernel mismatch, ~1e-6, rides along). [n, l] x3 -> 3 scalars
+    """
+    cut = (1 - torch.exp(old_logp.detach() - truncated_logp)).clamp(min=0) * mask  # [n, l]
+    return cut.sum(), mask.sum(), cut.max() if cut.numel() else cut.new_zeros(())
+
+
 class MismatchMeter:
-    """Accumulates `sampler_mismatch` and the correction weights over a step's micro-batches; `pop` returns
-    the step's metrics."""
+    """Accumulates `sampler_mismatch` (or, from a truncating sampler, `truncated_mass`) and the correction
+    weights over a step's micro-batches; `pop` returns the step's metrics."""
 
     def __init__(self) -> None:
         self.reset()
@@ -83,8 +98,15 @@ class MismatchMeter:
     def reset(self) -> None:
         self.total, self.count, self.max = 0.0, 0.0, 0.0
         self.weight_sum, self.zeroed, self.tokens = 0.0, 0.0, 0.0
+        self.cut_total, self.cut_count, self.cut_max = 0.0, 0.0, 0.0
 
-    def add(self, old_logp: Tensor, sampler_logp: Tensor, mask: Tensor) -> None:
+    def add(self, old_logp: Tensor, sampler_logp: Tensor, mask: Tensor, truncated: bool = False) -> None:
+        """`truncated`: the sampler's log-probs are of its top-p / top-k truncated distribution (vLLM's)."""
+        if truncated:
+            total, count, largest = truncated_mass(old_logp, sampler_logp, mask)
+            self.cut_total, self.cut_count = self.cut_total + float(total), self.cut_count + float(count)
+            self.cut_max = max(self.cut_max, float(largest))
+            return
         total, count, largest = sampler_mismatch(old_logp, sampler_logp, mask)
         self.total, self.count = self.total + float(total), self.count + float(count)
         self.max = max(self.max, float(largest))
@@ -99,13 +121,17 @@ class MismatchMeter:
         self.tokens += float(m.sum())
 
     def pop(self) -> dict[str, float]:
-        """``sampler_logp_diff_{mean,max}`` (NaN when nothing was measured) and, when weights were counted,
-        ``sampler_is_weight_mean`` and ``sampler_is_zeroed_frac`` (mask modes) over the loss tokens; reset."""
+        """``sampler_logp_diff_{mean,max}`` (NaN when nothing was measured), ``sampler_truncated_mass_{mean,max}``
+        when a truncating sampler was measured and, when weights were counted, ``sampler_is_weight_mean`` and
+        ``sampler_is_zeroed_frac`` (mask modes) over the loss tokens; reset."""
         measured = self.count > 0
         out = {"sampler_logp_diff_mean": self.total / self.count if measured else math.nan,
                "sampler_logp_diff_max": self.max if measured else math.nan}  # fmt: skip
         if self.tokens > 0:
             out |= {"sampler_is_weight_mean": self.weight_sum / self.tokens,
                     "sampler_is_zeroed_frac": self.zeroed / self.tokens}  # fmt: skip
+        if self.cut_count > 0:
+            out["sampler_truncated_mass_mean"] = self.cut_total / self.cut_count
+            out["sampler_truncated_mass_max"] = self.cut_max
         self.reset()
         return out

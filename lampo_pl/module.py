@@ -52,6 +52,7 @@ from lampo_pl.step_loss import micro_batch_loss
 from lampo_pl.step_metrics import OptimResult, Phases, StepRecord, step_metrics
 from lampo_pl.strategies import check_strategy
 from lampo_pl.trajectory import Trajectory, micro_batches
+from lampo_pl.vllm_checks import check_vllm_model, check_vllm_settings
 from lampo_pl.vllm_engine import close_engine, step_seed
 
 log = logging.getLogger(__name__)
@@ -113,12 +114,14 @@ class LamPOModule(SamplingSteps, EvaluationSteps, L.LightningModule):
         self.strict_loading = False  # checkpoints hold only the adapters and λ, never the frozen base
         check_batch_shape(prompts_per_step, group_size, self.compute.micro_batch_size, self.method.num_iterations)
         check_custom_rewards(self.reward_args.custom)  # an unknown import path fails here, before any model loads
+        check_vllm_settings(self.sampling, self.lora, self.method)  # combinations vLLM would not serve exactly
         self.filter_signal = filter_signal_of(self.method, self.reward_args)  # DAPO's group filter, or None
         self.reward_guard = RewardGuard(self.reward_args.failure_limit)  # custom rewards: preflight, failure streaks
         self.lam = nn.Parameter(torch.tensor(float(self.method.lambda_init))) if self.uses_lambda else None
         self.policy_model: nn.Module | None = None
         self.tokenizer: Any = None
         self.skipped_steps = 0
+        self.run_seed: int | None = None  # `seed_of_run`: the vLLM engine's per-request seeds derive from it
         self.last_step: StepRecord | None = None
         self.mismatch = MismatchMeter()  # sampler vs trainer log-probs, logged per step (lampo_pl/mismatch.py)
         self.save_hyperparameters()
@@ -143,6 +146,8 @@ class LamPOModule(SamplingSteps, EvaluationSteps, L.LightningModule):
             return
         check_strategy(self._trainer)  # FSDP refused in one line before the model loads (strategies.py)
         lo = self.lora
+        if self.sampling.engine == "vllm":  # head_dim and context, before anything loads or the engine starts
+            check_vllm_model(self.model_name, trust_remote_code=lo.trust_remote_code, max_context=self.max_context)
         self.policy_model, self.tokenizer = load_policy(
             self.model_name, dtype=lo.dtype, quantization=lo.quantization, trust_remote_code=lo.trust_remote_code,
             lora_r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=lo.target_modules,
@@ -193,9 +198,19 @@ class LamPOModule(SamplingSteps, EvaluationSteps, L.LightningModule):
             # With vLLM the sampler's log-probs come free; the mismatch metrics and its correction read them.
             record_logprobs=self.sampler_records_old_logprobs or self.sampling.engine == "vllm"
             or self.method.correction[0] != "none",
-            seed=step_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), self.global_step, self.global_rank, round_index),
+            seed=step_seed(self.seed_of_run(), self.global_step, self.global_rank, round_index),
         )
         return rollout, [q for q in batch for _ in range(self.group_size)]
+
+    def seed_of_run(self) -> int:
+        """The run's seed: ``PL_GLOBAL_SEED`` when it started, then the checkpoint's on every resume.
+
+        LightningCLI draws a new ``PL_GLOBAL_SEED`` at each call when a config has no ``seed_everything``, so a
+        resumed vLLM run would otherwise draw other samples than the uninterrupted one (issue 21, item 6).
+        """
+        if self.run_seed is None:
+            self.run_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return self.run_seed
 
     def loss_mask(self, rollout: Rollout, keep: Tensor) -> Tensor:
         """``[N, L]`` tokens that count in the loss: DAPO overlong masking drops truncated rows,
@@ -230,7 +245,8 @@ class LamPOModule(SamplingSteps, EvaluationSteps, L.LightningModule):
             return old, (old if lampo else None)
         if not lampo:
             return None, None
-        recorded = rollout.sampled_logprobs
+        # vLLM with top-p / top-k records the truncated distribution's log-probs, not π_old's: teacher-force then.
+        recorded = None if self.sampling.logprobs_truncated else rollout.sampled_logprobs
         return None, (recorded if recorded is not None else self.logprobs_no_grad(traj))
 
     def reference_logprobs(self, traj: Trajectory) -> Tensor | None:
@@ -343,7 +359,8 @@ class LamPOModule(SamplingSteps, EvaluationSteps, L.LightningModule):
         """Loss of one micro-batch view (``step_loss.micro_batch_loss``), scaled (``coefficients`` [n]) so that
         the micro-batches sum to the full-batch loss."""
         logp, entropy = self.policy_logprobs(view, with_entropy=True)  # [n, l]
-        return micro_batch_loss(logp, entropy, view, coefficients, self.method, self.mismatch)
+        return micro_batch_loss(logp, entropy, view, coefficients, self.method, self.mismatch,
+                                truncated=self.sampling.logprobs_truncated)  # fmt: skip
 
     def clip_and_norm(self) -> float:
         """Global grad-norm of everything trained (clipped to ``optim.grad_clip`` when > 0)."""
@@ -384,7 +401,10 @@ class LamPOModule(SamplingSteps, EvaluationSteps, L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in state.items() if "lora_" in k or k == "lam"}
         checkpoint["lampo_settings"] = {"method": asdict(self.method), "lora": asdict(self.lora)}
         checkpoint["lampo_skipped_steps"] = self.skipped_steps  # a logged running count: resumes with the run
+        checkpoint["lampo_run_seed"] = self.seed_of_run()  # a resume samples with the run's seed (`seed_of_run`)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_steps = int(checkpoint.get("lampo_skipped_steps", 0))
+        if "lampo_run_seed" in checkpoint:
+            self.run_seed = int(checkpoint["lampo_run_seed"])
 

@@ -246,9 +246,14 @@ def vllm_capacity(module: Any, case: WorstCase) -> None:
     from lampo_pl.vllm_engine import shared_engine  # imports vLLM only when the engine is vLLM
 
     s = module.sampling
-    engine = shared_engine(module.policy_model, sync=s.vllm_sync, kv_cache_gib=s.vllm_kv_cache_gib,
-                           gpu_memory_utilization=s.vllm_gpu_memory, sleep=s.vllm_sleep,
-                           max_model_len=module.policy_model.config.max_position_embeddings)  # fmt: skip
+    engine = shared_engine(
+        module.policy_model,
+        sync=s.vllm_sync,
+        kv_cache_gib=s.vllm_kv_cache_gib,
+        gpu_memory_utilization=s.vllm_gpu_memory,
+        sleep=s.vllm_sleep,
+        max_context=module.max_context,
+    )  # as the rollout starts it (rollout._sample_vllm)
     capacity = engine.kv_cache_tokens()
     engine.rest()  # asleep until the first sync, as between steps: the trainer's passes run beside that
     need = case.sequences * case.tokens

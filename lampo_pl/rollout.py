@@ -96,6 +96,17 @@ class SamplingParams:
         if self.engine == "vllm":
             import_vllm()  # a missing install is one line at start-up, not a traceback at the first step
 
+    @property
+    def logprobs_truncated(self) -> bool:
+        """Whether the sampler's recorded log-probs are of the top-p / top-k truncated distribution, not π's.
+
+        vLLM returns them after truncation only (its ``processed_logprobs``; its ``raw_logprobs`` are taken
+        before the temperature, vllm/v1/sample/sampler.py lines 86-89, i.e. π at T = 1): LamPO's confidence
+        scores then take π_old from a teacher-forced pass and the mismatch meter logs the truncated mass
+        instead of the kernel mismatch (lampo_pl/mismatch.py). The native engines record before truncation.
+        """
+        return self.engine == "vllm" and (self.top_p < 1 or self.top_k > 0)
+
 
 @dataclass
 class Rollout:
@@ -110,8 +121,9 @@ class Rollout:
         truncated: [N] bool, True where no EOS came within max_new_tokens.
         texts: N decoded responses, special tokens (EOS) removed.
         generation_seconds: Wall time spent in the sampler calls.
-        sampled_logprobs: [N, L] the sampler's log softmax(z / T)[o_t] (before top-p / top-k), 0 after the
-            response; `None` unless `generate_rollout(record_logprobs=True)`.
+        sampled_logprobs: [N, L] the sampler's log softmax(z / T)[o_t] (before top-p / top-k; vLLM's after them,
+            ``SamplingParams.logprobs_truncated``), 0 after the response; `None` unless
+            `generate_rollout(record_logprobs=True)`.
     """
 
     input_ids: Tensor
@@ -260,11 +272,12 @@ def _generate_all(
     batch_size: int | None,
     record_logprobs: bool,
     seed: int,
+    max_context: int | None = None,
 ) -> tuple[Tensor, Tensor | None, float]:
     """Generate for all rows, `batch_size` per call, in eval mode; -> (responses [N, L], their sampler
     log-probs [N, L] or None, seconds)."""
     if sampling.engine == "vllm":
-        return _sample_vllm(model, rows, sampling, eos_ids, pad_id, record_logprobs, seed)
+        return _sample_vllm(model, rows, sampling, eos_ids, pad_id, record_logprobs, seed, max_context)
     step = batch_size or len(rows)
     was_training = model.training
     model.eval()  # no dropout while sampling; the caller's mode comes back even on error
@@ -295,15 +308,17 @@ def _sample_vllm(
     pad_id: int,
     record_logprobs: bool,
     seed: int,
+    max_context: int | None,
 ) -> tuple[Tensor, Tensor | None, float]:
     """All rows through the model's vLLM engine, synced to the current policy first; -> as `_generate_all`.
 
-    The engine's context is the model's own (``max_position_embeddings``): one engine serves every call.
+    One engine serves every call; its context is the run's ``max_context``, or else the longest sequence its
+    KV cache holds (at most the model's own): ``VllmEngine`` refuses a longer request in one line.
     """
     start = time.perf_counter()
     engine = shared_engine(model, sync=sampling.vllm_sync, kv_cache_gib=sampling.vllm_kv_cache_gib,
                            gpu_memory_utilization=sampling.vllm_gpu_memory, sleep=sampling.vllm_sleep,
-                           max_model_len=model.config.max_position_embeddings)  # fmt: skip
+                           max_context=max_context)  # fmt: skip
     engine.sync(model)
     sampled = engine.sample(rows, request_seeds(seed, len(rows)), temperature=sampling.temperature,
                             top_p=sampling.top_p, top_k=sampling.top_k, max_new_tokens=sampling.max_new_tokens,
@@ -356,7 +371,7 @@ def generate_rollout(
     if seed is None:
         seed = int(torch.randint(2**31 - 1, ())) if sampling.engine == "vllm" else 0
     response_ids, sampled, seconds = _generate_all(
-        model, rows, sampling, eos_ids, pad_id, generation_batch_size, record_logprobs, seed
+        model, rows, sampling, eos_ids, pad_id, generation_batch_size, record_logprobs, seed, max_context
     )  # [N, L], [N, L] | None
     response_mask, truncated = response_mask_from_ids(response_ids, eos_ids)  # [N, L], [N]
     prompt_ids, prompt_mask = left_pad(rows, pad_id, response_ids.device)  # [N, P], [N, P]

@@ -26,6 +26,7 @@ def micro_batch_loss(
     coefficients: Tensor,
     method: MethodArgs,
     meter: MismatchMeter,
+    truncated: bool = False,
 ) -> tuple[Tensor, PolicyLossStats, Tensor]:
     """-> (scalar loss, statistics, mean entropy over the loss tokens) of one micro-batch view.
 
@@ -36,6 +37,8 @@ def micro_batch_loss(
         coefficients: ``[n]`` the rows' aggregation coefficients, computed over the whole batch.
         method: the method settings.
         meter: where the sampler mismatch and the correction weights are counted for the step's metrics.
+        truncated: the sampler's log-probs are of its top-p / top-k truncated distribution
+            (``SamplingParams.logprobs_truncated``): the meter counts the truncated mass, not a mismatch.
     """
     m, mask = method, view.loss_mask
     assert view.advantages is not None
@@ -43,7 +46,7 @@ def micro_batch_loss(
     sampled = view.sampler_logprobs  # [n, l] or None
     weights = None
     if sampled is not None:  # the sampler–trainer mismatch, logged every step
-        meter.add(old, sampled, mask)
+        meter.add(old, sampled, mask, truncated=truncated)
         mode, c_max, c_min = m.correction
         if mode != "none":
             weights = sampler_correction_weights(old, sampled, mask, mode, c_max=c_max, c_min=c_min)  # [n, l|1]

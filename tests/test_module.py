@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import lampo_pl.module as module_mod
+import lampo_pl.step_loss as step_loss
 from lampo_pl.data.datamodule import ProblemDataModule
 from lampo_pl.data.record import Problem
 from lampo_pl.logprobs import token_logprobs
@@ -166,8 +167,8 @@ def test_non_finite_loss_skips_the_step(monkeypatch: pytest.MonkeyPatch, caplog:
     module = make("grpo", beta=0.0)
     module.configure_model()
     before = adapter_state(module.policy_model, "policy")
-    original = module_mod.aggregate
-    monkeypatch.setattr(module_mod, "aggregate", lambda *a, **k: original(*a, **k) * float("nan"))
+    original = step_loss.aggregate
+    monkeypatch.setattr(step_loss, "aggregate", lambda *a, **k: original(*a, **k) * float("nan"))
     trainer = fit(module, steps=2)
     after = adapter_state(module.policy_model, "policy")
     assert all(torch.equal(before[k], after[k]) for k in before), "a NaN step must not touch the adapter"

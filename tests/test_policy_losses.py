@@ -15,11 +15,13 @@ import torch
 from torch import Tensor
 
 from lampo_pl.data.datamodule import ProblemDataModule
+from lampo_pl.data.record import Problem
 from lampo_pl.losses import aggregate, sequence_coefficients
 from lampo_pl.mismatch import MismatchMeter, sampler_correction_weights
 from lampo_pl.module import LamPOModule
 from lampo_pl.policy_losses import high_entropy_mask, policy_loss
-from lampo_pl.rollout import SamplingParams
+from lampo_pl.rewards import RewardBatch
+from lampo_pl.rollout import Rollout, SamplingParams
 from lampo_pl.settings import ComputeArgs, MethodArgs, OptimArgs, SettingsError
 
 N, L_MAX = 7, 9
@@ -337,7 +339,7 @@ def test_tis_cap_is_token_truncate() -> None:
 
 SMOKE = {
     "gspo": {"policy_loss": "gspo", "eps_low": 3e-4, "eps_high": 4e-4, "aggregation": "seq_mean_token_mean"},
-    "cispo": {"policy_loss": "cispo"},
+    "cispo": {"policy_loss": "cispo", "cispo_cap": 1.0},  # the second pass's ratios above 1 are capped
     "sapo": {"policy_loss": "sapo", "estimator": "rloo"},
     "token_truncate": {"sampler_correction": "token_truncate"},
     "token_mask": {"sampler_correction": "token_mask", "correction_min": 0.5, "estimator": "dr_grpo"},
@@ -347,12 +349,20 @@ SMOKE = {
 }
 
 
+class ParityReward(LamPOModule):
+    """Rewards by row parity, so every group has signal (the tiny model solves nothing)."""
+
+    def score(self, rollout: Rollout, problems: list[Problem]) -> RewardBatch:
+        total = [float(i % 2) for i in range(len(rollout.texts))]
+        return RewardBatch(total=total, components={"parity": total}, correct=total, diagnostics={})
+
+
 @pytest.mark.parametrize("name", SMOKE)
 def test_one_training_step_per_setting(name: str) -> None:
     settings: dict = {"estimator": "lampo", "aggregation": "token_mean", "beta": 0.04, **SMOKE[name]}
     if settings.get("policy_loss", "clip") != "clip":
         settings["num_iterations"] = 2
-    module = LamPOModule(model="tiny:qwen3", group_size=4, prompts_per_step=2,
+    module = ParityReward(model="tiny:qwen3", group_size=4, prompts_per_step=2,
                          sampling=SamplingParams(temperature=1.0, max_new_tokens=8), method=MethodArgs(**settings),
                          optim=OptimArgs(lr=1e-2), compute=ComputeArgs(micro_batch_size=4))  # fmt: skip
     data = ProblemDataModule(train_set="synthetic", eval_sets=[], prompts_per_step=2, synthetic_size=8,
@@ -368,5 +378,9 @@ def test_one_training_step_per_setting(name: str) -> None:
         assert 0 <= metrics["train/sampler_is_zeroed_frac"] <= 1 and metrics["train/sampler_is_weight_mean"] > 0
     if name == "top_entropy":
         assert 0.1 < metrics["train/entropy_selected_frac"] < 0.5
+    if name == "gspo":  # the second pass moved some sequence ratios out of [1 − 3e-4, 1 + 4e-4]
+        assert metrics["train/clip_frac_region"] > 0
+    if name == "cispo":  # capped tokens count as high; CISPO has no low clip
+        assert metrics["train/clip_frac_high"] > 0 and metrics["train/clip_frac_low"] == 0
     if settings.get("policy_loss") == "sapo":
         assert "train/clip_frac_region" not in metrics  # SAPO clips nothing: NaN, not logged

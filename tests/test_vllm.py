@@ -164,3 +164,26 @@ def test_a_full_smoke_run_trains_with_the_vllm_engine(tmp_path: Path) -> None:
 
     scalars = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
     assert "train/sampler_logp_diff_mean" in scalars and "train/sampler_logp_diff_max" in scalars
+
+
+@needs_vllm
+def test_with_top_k_the_engines_log_probs_are_the_truncated_distributions(policy: tuple) -> None:
+    """vLLM's processed log-probs with top-k are log π(o) − log M, M the top-k mass of π at T (its
+    ``apply_top_k_top_p`` keeps the k largest logits, vllm/v1/sample/ops/topk_topp_sampler.py): so they are
+    not π_old's (issue 21, item 5), and exp(log π_old − sampled) recovers M, the kept mass the step logs."""
+    model, tokenizer = policy
+    k, temperature = 5, 0.8
+    sampling = _sampling(top_k=k, temperature=temperature)
+    assert sampling.logprobs_truncated
+    rollout = generate_rollout(model, tokenizer, _prompts(tokenizer), 2, sampling, record_logprobs=True, seed=3)
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask).logits.float()
+    model.train()
+    p = rollout.prompt_len
+    logp = torch.log_softmax(logits[:, p - 1 : -1] / temperature, dim=-1)  # [N, L, V] predicting each response token
+    teacher = logp.gather(-1, rollout.response_ids[..., None]).squeeze(-1)  # [N, L]
+    kept = logp.topk(k, dim=-1).values.exp().sum(-1)  # [N, L] the top-k mass M
+    mask = rollout.response_mask.bool()
+    assert (teacher - rollout.sampled_logprobs)[mask].abs().max() > 1e-3  # truncated: not π's own log-probs
+    assert ((teacher - rollout.sampled_logprobs).exp() - kept)[mask].abs().max() < 1e-4

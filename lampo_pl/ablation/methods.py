@@ -13,6 +13,10 @@ the ablation's ``density_weight``), optionally ``@field=value`` (a ``MethodArgs`
     lampo@tau=0.5      LamPO with τ = 0.5 (τ = 0: Dr. GRPO's advantage under LamPO's loss)
     lampo+rouge@tau=2  both
 
+The policy-loss arms ``gspo``, ``cispo`` and ``sapo`` run μ = 2 passes per rollout batch (at μ = 1 their
+gradient is GRPO's; docs/algorithms.md). Each pass is one optimiser step, so at the same ``steps`` they see
+half the rollout batches of the other arms: ``grpo@num_iterations=2`` is their like-for-like reference.
+
 Specs are also the run files' names (``<spec>_seed<seed>.json``), so they use no path characters.
 """
 
@@ -68,6 +72,24 @@ METHODS: dict[str, MethodPreset] = {
         MethodArgs(estimator="grpo", aggregation="lambda", eps_low=0.2, eps_high=0.2, beta=0.0, lambda_init=0.0,
                    r_len=R_LEN),
         density=False, config="configs/qwen3-1.7b-lambda-grpo.yaml",
+    ),
+    "gspo": MethodPreset(
+        "GSPO",
+        MethodArgs(estimator="grpo", policy_loss="gspo", aggregation="seq_mean_token_mean", eps_low=3e-4,
+                   eps_high=4e-4, beta=0.0, num_iterations=2),
+        density=False, config="configs/qwen3-1.7b-gspo.yaml",
+    ),
+    "cispo": MethodPreset(
+        "CISPO",
+        MethodArgs(estimator="grpo", policy_loss="cispo", cispo_cap=5.0, aggregation="token_mean", beta=0.0,
+                   num_iterations=2),
+        density=False, config="configs/qwen3-1.7b-cispo.yaml",
+    ),
+    "sapo": MethodPreset(
+        "SAPO",
+        MethodArgs(estimator="grpo", policy_loss="sapo", sapo_tau_pos=1.0, sapo_tau_neg=1.05,
+                   aggregation="seq_mean_token_mean", beta=0.0, num_iterations=2),
+        density=False, config="configs/qwen3-1.7b-sapo.yaml",
     ),
     "lampo": MethodPreset(
         "LamPO",
