@@ -35,6 +35,7 @@ from lampo_pl.metrics import mean_loss_stats
 from lampo_pl.mismatch import MismatchMeter
 from lampo_pl.optim import build_optimizer, build_scheduler
 from lampo_pl.policy import load_policy, reference_adapter, trainable_parameters
+from lampo_pl.preflight import run_preflight
 from lampo_pl.rewards import RewardBatch, check_custom_rewards
 from lampo_pl.rewards.custom import RewardGuard
 from lampo_pl.rollout import Rollout, SamplingParams, generate_rollout
@@ -42,6 +43,7 @@ from lampo_pl.sampling_rounds import SamplingSteps
 from lampo_pl.settings import ComputeArgs, LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs
 from lampo_pl.step_loss import micro_batch_loss
 from lampo_pl.step_metrics import OptimResult, Phases, StepRecord, step_metrics
+from lampo_pl.strategies import check_strategy
 from lampo_pl.trajectory import Trajectory, micro_batches
 from lampo_pl.vllm_checks import check_vllm_model, check_vllm_settings
 from lampo_pl.vllm_engine import close_engine, step_seed
@@ -136,6 +138,7 @@ class LamPOModule(DeltaSteps, SamplingSteps, EvaluationSteps, L.LightningModule)
     def configure_model(self) -> None:
         if self.policy_model is not None:
             return
+        check_strategy(self._trainer)  # FSDP refused in one line before the model loads (strategies.py)
         lo = self.lora
         if self.sampling.engine == "vllm":  # head_dim and context, before anything loads or the engine starts
             check_vllm_model(self.model_name, trust_remote_code=lo.trust_remote_code, max_context=self.max_context)
@@ -151,6 +154,9 @@ class LamPOModule(DeltaSteps, SamplingSteps, EvaluationSteps, L.LightningModule)
         opt = build_optimizer(trainable_parameters(self.policy_model), self.lam, self.optim)
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
         return {"optimizer": opt, "lr_scheduler": {"scheduler": build_scheduler(opt, self.optim, total)}}
+
+    def on_train_start(self) -> None:
+        run_preflight(self)  # the worst step once, before the first: out of memory in minute one (preflight.py)
 
     # ---- the step -------------------------------------------------------------------------------
 

@@ -309,11 +309,15 @@ class ComputeArgs:
         autocast: Run the loss, π_old and reference passes under ``torch.autocast`` in this dtype: none |
             bfloat16 | float16. bfloat16 halves the loss pass's forward and backward on CPUs with AVX-512 BF16
             (docs/performance.md) and on GPUs; log-softmax stays float32. The weights keep ``lora.dtype``.
+        preflight: Before the first step, run the worst step the run can meet once (the longest training prompt,
+            ``max_new_tokens`` for every row, this micro-batch; with vLLM its KV cache against B·G such sequences)
+            and stop in one line with the settings that fit if it runs out of memory (lampo_pl/preflight.py).
     """
 
     micro_batch_size: int = 8
     logprob_chunk: int = 1024
     autocast: Literal["none", "bfloat16", "float16"] = "none"
+    preflight: bool = True
 
     def __post_init__(self) -> None:
         g = "model.compute"
