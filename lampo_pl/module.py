@@ -23,8 +23,10 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from lampo_pl import settings
 from lampo_pl.advantages import AdvantageOutput, confidence_scores, estimate_advantages
 from lampo_pl.data.record import Problem
+from lampo_pl.delta_step import DeltaSteps
 from lampo_pl.dynamic_sampling import SamplingRounds
 from lampo_pl.errors import UserError
 from lampo_pl.evaluation_steps import EvaluationSteps
@@ -34,22 +36,15 @@ from lampo_pl.metrics import mean_loss_stats
 from lampo_pl.mismatch import MismatchMeter
 from lampo_pl.optim import build_optimizer, build_scheduler
 from lampo_pl.policy import load_policy, reference_adapter, trainable_parameters
+from lampo_pl.preflight import run_preflight
 from lampo_pl.rewards import RewardBatch, check_custom_rewards
 from lampo_pl.rewards.custom import RewardGuard
 from lampo_pl.rollout import Rollout, SamplingParams, generate_rollout
 from lampo_pl.sampling_rounds import SamplingSteps
-from lampo_pl.settings import (
-    ComputeArgs,
-    LoraArgs,
-    MethodArgs,
-    OptimArgs,
-    PromptArgs,
-    RewardArgs,
-    check_batch_shape,
-    filter_signal_of,
-)
+from lampo_pl.settings import ComputeArgs, LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs
 from lampo_pl.step_loss import micro_batch_loss
 from lampo_pl.step_metrics import OptimResult, Phases, StepRecord, step_metrics
+from lampo_pl.strategies import check_strategy
 from lampo_pl.trajectory import Trajectory, micro_batches
 from lampo_pl.vllm_checks import check_vllm_model, check_vllm_settings
 from lampo_pl.vllm_engine import close_engine, step_seed
@@ -57,7 +52,7 @@ from lampo_pl.vllm_engine import close_engine, step_seed
 log = logging.getLogger(__name__)
 
 
-class LamPOModule(SamplingSteps, EvaluationSteps, L.LightningModule):
+class LamPOModule(DeltaSteps, SamplingSteps, EvaluationSteps, L.LightningModule):
     """Critic-free RL fine-tuning of a causal LM with LamPO or a GRPO-family baseline."""
 
     def __init__(
@@ -113,11 +108,12 @@ class LamPOModule(SamplingSteps, EvaluationSteps, L.LightningModule):
         self.track_kl = track_kl
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold only the adapters and λ, never the frozen base
-        if prompts_per_step is not None:
-            check_batch_shape(prompts_per_step, group_size, self.compute.micro_batch_size, self.method.num_iterations)
+        if prompts_per_step is not None:  # else checked in setup, with the data module's
+            settings.check_batch_shape(prompts_per_step, group_size, self.compute.micro_batch_size,
+                                       self.method.num_iterations)
         check_custom_rewards(self.reward_args.custom)  # an unknown import path fails here, before any model loads
         check_vllm_settings(self.sampling, self.lora, self.method)  # combinations vLLM would not serve exactly
-        self.filter_signal = filter_signal_of(self.method, self.reward_args)  # DAPO's group filter, or None
+        self.filter_signal = settings.filter_signal_of(self.method, self.reward_args)  # DAPO's group filter, or None
         self.reward_guard = RewardGuard(self.reward_args.failure_limit)  # custom rewards: preflight, failure streaks
         self.lam = nn.Parameter(torch.tensor(float(self.method.lambda_init))) if self.uses_lambda else None
         self.policy_model: nn.Module | None = None
@@ -150,12 +146,13 @@ class LamPOModule(SamplingSteps, EvaluationSteps, L.LightningModule):
             self.prompts_per_step = self.prompts_per_step or data_b
             return
         self.prompts_per_step = batch_size_of(self.prompts_per_step, data_b)
-        check_batch_shape(self.prompts_per_step, self.group_size, self.compute.micro_batch_size,
-                          self.method.num_iterations)
+        settings.check_batch_shape(self.prompts_per_step, self.group_size, self.compute.micro_batch_size,
+                                   self.method.num_iterations)
 
     def configure_model(self) -> None:
         if self.policy_model is not None:
             return
+        check_strategy(self._trainer)  # FSDP refused in one line before the model loads (strategies.py)
         lo = self.lora
         if self.sampling.engine == "vllm":  # head_dim and context, before anything loads or the engine starts
             check_vllm_model(self.model_name, trust_remote_code=lo.trust_remote_code, max_context=self.max_context)
@@ -172,6 +169,9 @@ class LamPOModule(SamplingSteps, EvaluationSteps, L.LightningModule):
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
         return {"optimizer": opt, "lr_scheduler": {"scheduler": build_scheduler(opt, self.optim, total)}}
 
+    def on_train_start(self) -> None:
+        run_preflight(self)  # the worst step once, before the first: out of memory in minute one (preflight.py)
+
     # ---- the step -------------------------------------------------------------------------------
 
     def training_step(self, batch: list[Problem], batch_idx: int) -> None:
@@ -179,12 +179,12 @@ class LamPOModule(SamplingSteps, EvaluationSteps, L.LightningModule):
         sample = self.sample_batch(batch, phases)  # rollout + rewards; DAPO refill rounds
         rollout, scored = sample.rollout, sample.scored
         traj = Trajectory.of(rollout, self.loss_mask(rollout, sample.keep), sample.keep)
-        with phases("old_logprobs"):
+        with phases("old_logprobs"), self.delta_features(traj) as delta:  # DelTA's h: from this pass (delta_step.py)
             old_logp, confidence_logp = self.old_policy_logprobs(traj, rollout)
         with phases("ref_logprobs"):
             ref_logp = self.reference_logprobs(traj)
         advantages = self.advantages(scored, rollout, confidence_logp)
-        traj = replace(traj, advantages=advantages.advantages, old_logprobs=old_logp, ref_logprobs=ref_logp)
+        traj = replace(traj, advantages=delta(advantages, old_logp), old_logprobs=old_logp, ref_logprobs=ref_logp)
         with phases("optimisation"):
             result = self.optimise(traj, sample.problems)
         metrics = self.log_step(rollout, scored, advantages, result, phases, sample.stats, keep=sample.keep)
@@ -239,16 +239,15 @@ class LamPOModule(SamplingSteps, EvaluationSteps, L.LightningModule):
         """log π_old ``[N, L]``, decided here and nowhere else: ``(for the loss, for LamPO's confidence scores)``.
 
         π_old is the policy that sampled the rollout.
-        - μ > 1: the policy moves within the step, so one no-grad pass freezes π_old before the first
-          update; the loss and the confidence scores both read it.
-        - μ = 1: the μ = 1 identity: the policy being optimised *is* π_old, so the loss takes the
-          detached current log-probs (``None`` here; ``Trajectory.old_logprobs_for``) and no pass runs.
-          LamPO's confidence scores are needed before the loss pass: they take the log-probs the
-          sampler recorded while drawing the tokens (equal to a teacher-forced pass up to float
-          rounding, tests/test_perf.py), or one no-grad pass from a sampler that did not record them.
+        - μ > 1, or DelTA on (its hidden states come from this pass): one no-grad pass freezes π_old before
+          the first update; the loss and the confidence scores both read it.
+        - μ = 1: the μ = 1 identity: the policy being optimised *is* π_old, so the loss takes the detached current
+          log-probs (``None`` here; ``Trajectory.old_logprobs_for``) and no pass runs. LamPO's confidence scores,
+          needed before the loss pass, take the log-probs the sampler recorded while drawing the tokens (equal to a
+          teacher-forced pass up to float rounding, tests/test_perf.py), or a no-grad pass from a sampler that did not.
         """
         lampo = self.method.estimator == "lampo"
-        if self.method.num_iterations > 1:
+        if self.method.num_iterations > 1 or self.method.delta:
             old = self.logprobs_no_grad(traj)
             return old, (old if lampo else None)
         if not lampo:

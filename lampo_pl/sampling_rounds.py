@@ -103,6 +103,14 @@ def any_rank(trainer: Any, flag: bool, device: torch.device) -> bool:
     return bool(trainer.strategy.reduce(torch.tensor(float(flag), device=device), reduce_op="sum") > 0)
 
 
+def prompt_messages(prompt: Any, problem: Problem) -> list[dict[str, str]]:
+    """The chat messages of ``problem`` under the prompt settings (``PromptArgs``: system turn, one-shot example,
+    instruction)."""
+    instruction = prompt.instruction_or_none  # model.prompt.instruction; "" appends none
+    few_shot = one_shot_example(instruction) if prompt.one_shot else ()
+    return chat_messages(problem, system_prompt=prompt.system_prompt, few_shot=few_shot, instruction=instruction)
+
+
 class SamplingSteps:
     """Prompts, rollouts and rewards of the training step; mixed in before ``LightningModule``.
 
@@ -129,16 +137,14 @@ class SamplingSteps:
         return [RewardSpec(name, weight) for name, weight in pairs if weight != 0]
 
     def messages(self, problem: Problem) -> list[dict[str, str]]:
-        """The chat messages a problem's prompt is rendered from (the prompt settings' system turn and few-shot)."""
-        instruction = self.prompt.instruction_or_none
-        few_shot = one_shot_example(instruction) if self.prompt.one_shot else ()
-        return chat_messages(problem, system_prompt=self.prompt.system_prompt, few_shot=few_shot,
-                             instruction=instruction)
+        """The chat messages a problem's prompt is rendered from (``prompt_messages``)."""
+        return prompt_messages(self.prompt, problem)
 
     def render(self, problems: list[Problem], enable_thinking: bool | None = None) -> list[str]:
         """Chat prompts of ``problems``; ``enable_thinking`` overrides the prompt settings' (evaluation's own)."""
         thinking = self.prompt.enable_thinking if enable_thinking is None else enable_thinking
-        return [render_messages(self.tokenizer, self.messages(q), enable_thinking=thinking) for q in problems]
+        return [render_messages(self.tokenizer, prompt_messages(self.prompt, q), enable_thinking=thinking)
+                for q in problems]
 
     def sample_batch(self, batch: list[Problem], phases: Phases) -> Sample:
         """G responses per prompt and their rewards; DAPO refill rounds (``sampling_rounds.sample_rounds``)."""

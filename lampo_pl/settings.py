@@ -14,6 +14,9 @@ from typing import Any, Literal, get_args
 
 from lampo_pl.advantages import AdvantageScale, ConfidenceScore, Estimator
 from lampo_pl.data.prompting import DEFAULT_INSTRUCTION
+from lampo_pl.delta import ROUNDS as DELTA_ROUNDS
+from lampo_pl.delta import WEIGHT_MAX as DELTA_WEIGHT_MAX
+from lampo_pl.delta import WEIGHT_MIN as DELTA_WEIGHT_MIN
 from lampo_pl.errors import UserError
 from lampo_pl.losses import H_MIN, R_LEN, AggregationMode, KLEstimator
 from lampo_pl.mismatch import CorrectionMode
@@ -79,6 +82,14 @@ class MethodArgs:
         h_min: λ-GRPO floor on h_i, keeping h^λ finite.
         tis_cap: Truncated importance sampling for the sampler–trainer mismatch: each token's policy loss
             is weighted by min(π_old / π_sampler, tis_cap) (TRL's token_truncate, verl's TIS;
+            lampo_pl/mismatch.py), e.g. 2.0 with ``sampling.engine: vllm``; null is off.
+        delta: DelTA (arXiv 2605.21467, lampo_pl/delta.py): reshape the chosen estimator's advantage per token,
+            Â = c·ω·a, by how much each token's gradient feature resembles the batch's good responses rather
+            than its bad ones. Its hidden states come from the π_old pass (at μ = 1 that pass then runs: one
+            no-grad forward; at μ > 1 it runs anyway). Composes with every estimator, loss and aggregation.
+        delta_rounds: DelTA's K, centroid refinement rounds (1 in the paper's script; 0: initial centroids).
+        delta_weight_min: DelTA's λ_min, the smallest token weight ω (0.8 in the paper's script).
+        delta_weight_max: DelTA's λ_max, the largest token weight ω (1.2 in the paper's script).
             lampo_pl/mismatch.py), e.g. 2.0 with ``sampling.engine: vllm``; null is off. The same as
             ``sampler_correction: token_truncate`` with ``correction_max: tis_cap``; set one or the other.
         policy_loss: The surrogate (lampo_pl/policy_losses.py): clip (PPO/GRPO token ratio) | gspo (GSPO's
@@ -121,6 +132,10 @@ class MethodArgs:
     r_len: float = R_LEN
     h_min: float = H_MIN
     tis_cap: float | None = None
+    delta: bool = False
+    delta_rounds: int = DELTA_ROUNDS
+    delta_weight_min: float = DELTA_WEIGHT_MIN
+    delta_weight_max: float = DELTA_WEIGHT_MAX
     policy_loss: PolicyLossKind = "clip"
     cispo_cap: float = 5.0
     sapo_tau_pos: float = 1.0
@@ -158,6 +173,13 @@ class MethodArgs:
                 "auto | correctness | total")
         require(isinstance(self.max_refill_rounds, int) and self.max_refill_rounds >= 0, g, "max_refill_rounds",
                 self.max_refill_rounds, "an integer >= 0 (0: dynamic sampling drops without refilling)")
+        require(isinstance(self.delta_rounds, int) and self.delta_rounds >= 0, g, "delta_rounds", self.delta_rounds,
+                "an integer >= 0")
+        # ω < 0 would flip a token's advantage sign: DelTA only re-weights (DELTA.md step 6).
+        require(finite(self.delta_weight_min) and self.delta_weight_min >= 0, g, "delta_weight_min",
+                self.delta_weight_min, "delta_weight_min >= 0")
+        require(finite(self.delta_weight_max) and self.delta_weight_max >= self.delta_weight_min, g,
+                "delta_weight_max", self.delta_weight_max, f">= delta_weight_min ({self.delta_weight_min})")
         self.check_policy_loss(g)
         self.check_sampler_correction(g)
 
@@ -314,11 +336,15 @@ class ComputeArgs:
         autocast: Run the loss, π_old and reference passes under ``torch.autocast`` in this dtype: none |
             bfloat16 | float16. bfloat16 halves the loss pass's forward and backward on CPUs with AVX-512 BF16
             (docs/performance.md) and on GPUs; log-softmax stays float32. The weights keep ``lora.dtype``.
+        preflight: Before the first step, run the worst step the run can meet once (the longest training prompt,
+            ``max_new_tokens`` for every row, this micro-batch; with vLLM its KV cache against B·G such sequences)
+            and stop in one line with the settings that fit if it runs out of memory (lampo_pl/preflight.py).
     """
 
     micro_batch_size: int = 8
     logprob_chunk: int = 1024
     autocast: Literal["none", "bfloat16", "float16"] = "none"
+    preflight: bool = True
 
     def __post_init__(self) -> None:
         g = "model.compute"

@@ -33,7 +33,8 @@ class Trajectory:
             responses and dynamic sampling's dropped groups.
         keep: ``[N]`` bool, False on the rows of dynamic sampling's dropped groups, which leave every
             normaliser (an overlong-masked response stays in N: only its tokens are masked).
-        advantages: ``[N]`` one constant per response; ``None`` until estimated.
+        advantages: ``[N]`` one constant per response, or ``[N, L]`` one per token (DelTA, ``delta.py``);
+            ``None`` until estimated.
         old_logprobs: ``[N, L]`` log π_old, frozen before the first update (μ > 1); ``None`` at μ = 1,
             where the detached current log-probs *are* π_old's (see :meth:`old_logprobs_for`).
         ref_logprobs: ``[N, L]`` log π_ref; ``None`` when the reference pass is skipped (β = 0).
@@ -88,13 +89,16 @@ class Trajectory:
         def cut(x: Tensor | None) -> Tensor | None:
             return None if x is None else x[index, :width]  # [n, l]
 
+        def per_row(x: Tensor | None) -> Tensor | None:  # [N] -> [n], a per-token [N, L] -> [n, l]
+            return x[index] if x is not None and x.dim() == 1 else cut(x)
+
         return Trajectory(
             input_ids=self.input_ids[index, first : p + width],  # [n, P'+l]
             attention_mask=attn[:, first : p + width],  # [n, P'+l]
             prompt_len=p - first,
             loss_mask=self.loss_mask[index, :width],  # [n, l]
             keep=self.keep[index],  # [n]
-            advantages=None if self.advantages is None else self.advantages[index],  # [n]
+            advantages=per_row(self.advantages),  # [n] or [n, l] (DelTA)
             old_logprobs=cut(self.old_logprobs),
             ref_logprobs=cut(self.ref_logprobs),
             sampler_logprobs=cut(self.sampler_logprobs),

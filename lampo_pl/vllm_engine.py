@@ -110,6 +110,25 @@ def preserved_process_state() -> Iterator[None]:
             set_threads(threads)
 
 
+def distributed_environment() -> None:
+    """Set the torchrun variables vLLM's external launcher reads (``vllm/v1/executor/uniproc_executor.py``,
+    ``_distributed_args``: ``os.environ["RANK"]``, ``["LOCAL_RANK"]``) from the process group Lightning started.
+
+    Lightning's launchers do not always export them: its subprocess launcher (``trainer.strategy: ddp`` on one
+    machine) gives rank 0 none of them, the reason ``KeyError: 'RANK'`` stopped every DDP run with vLLM.
+    vLLM's GPU worker takes ``cuda:{LOCAL_RANK}`` as its device, so on CUDA it is the device Lightning set for
+    this rank (right under SLURM too, whose tasks have no ``LOCAL_RANK``); on a CPU it defaults to 0 as
+    Lightning's ``LightningEnvironment.local_rank`` does. TRL sets the same three from accelerate
+    (``trl/generation/vllm_generation.py``).
+    """
+    os.environ["RANK"] = str(torch.distributed.get_rank())
+    os.environ["WORLD_SIZE"] = str(torch.distributed.get_world_size())
+    if torch.cuda.is_available():
+        os.environ["LOCAL_RANK"] = str(torch.cuda.current_device())
+    else:
+        os.environ.setdefault("LOCAL_RANK", "0")
+
+
 def dequantized(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A parameter as the trainer's forward sees it, in `dtype`: a bitsandbytes 4-bit weight dequantised.
 
@@ -193,8 +212,9 @@ class VllmEngine:
             extra.update(enable_lora=True, max_lora_rank=served_lora_rank(lora_rank or 1), max_loras=1)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # DDP: one engine per rank inside the trainer's process group, as TRL's colocate mode starts it
-            # (trl/generation/vllm_generation.py); Lightning has set RANK / WORLD_SIZE / MASTER_ADDR already.
+            # (trl/generation/vllm_generation.py), each a tensor-parallel group of one.
             extra["distributed_executor_backend"] = "external_launcher"
+            distributed_environment()
         # The context is the run's (max_context) or else the longest sequence the KV cache holds, at most the
         # model's own (vLLM's auto-fit, -1): the model's 40,960 positions (Qwen3) need more cache than a CPU
         # default has, and vLLM would refuse to start (issue 21, item 4). Every call checks its lengths (`sample`).
@@ -274,6 +294,18 @@ class VllmEngine:
             tokens = list(done.token_ids)
             rows.append((tokens, [step[t].logprob for step, t in zip(done.logprobs, tokens, strict=True)]))
         return rows
+
+    def kv_cache_tokens(self) -> int | None:
+        """Tokens the engine's KV cache holds (what vLLM logs as its KV cache size at start); None if unknown."""
+        cache = getattr(getattr(self.llm.llm_engine, "vllm_config", None), "cache_config", None)
+        blocks = getattr(cache, "num_gpu_blocks", None)  # set by EngineCore once it has sized the cache
+        return int(blocks) * int(cache.block_size) if blocks else None
+
+    def rest(self) -> None:
+        """Sleep until the next `sync` when sleep mode is on (CUDA), as between steps; else nothing."""
+        if self.sleeps:
+            with preserved_process_state():
+                self.llm.sleep(level=1)
 
     def close(self) -> None:
         """Free the engine (its KV cache is reserved up front) and its adapter folders."""

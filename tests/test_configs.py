@@ -18,7 +18,7 @@ def test_every_config_is_tested() -> None:
     assert {c.stem for c in CONFIGS} >= {"demo", "smoke", "qwen3-1.7b", "qwen3-4b", "phi4-mini",
                                          "qwen3-1.7b-grpo", "qwen3-1.7b-dr-grpo", "qwen3-1.7b-dapo",
                                          "qwen3-1.7b-lambda-grpo", "qwen3-1.7b-gspo", "qwen3-1.7b-cispo",
-                                         "qwen3-1.7b-sapo"}
+                                         "qwen3-1.7b-sapo", "qwen3-1.7b-delta"}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
@@ -47,7 +47,7 @@ def test_real_model_config_builds_with_a_tiny_stand_in(config: Path, tmp_path: P
 
 def test_baselines_differ_from_lampo_only_in_method() -> None:
     lampo = yaml.safe_load(Path(CONFIGS[0].parent, "qwen3-1.7b.yaml").read_text())
-    for name in ("grpo", "dr-grpo", "dapo", "lambda-grpo", "gspo", "cispo", "sapo"):
+    for name in ("grpo", "dr-grpo", "dapo", "lambda-grpo", "gspo", "cispo", "sapo", "delta"):
         other = yaml.safe_load(Path(CONFIGS[0].parent, f"qwen3-1.7b-{name}.yaml").read_text())
         other["model"].pop("method")
         other["trainer"]["logger"]["init_args"]["name"] = "qwen3-1.7b"

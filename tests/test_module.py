@@ -50,7 +50,8 @@ def make(estimator: str = "lampo", aggregation: str = "token_mean", beta: float 
         sampling=SamplingParams(temperature=1.0, max_new_tokens=8),
         method=MethodArgs(estimator=estimator, aggregation=aggregation, beta=beta, num_iterations=iters,
                           lambda_init=0.5, **method),
-        optim=OptimArgs(lr=lr), compute=ComputeArgs(micro_batch_size=4),
+        optim=OptimArgs(lr=lr),
+        compute=ComputeArgs(micro_batch_size=4, preflight=False),  # these tests count the step's own passes
     )
 
 
@@ -166,7 +167,7 @@ def test_non_finite_loss_skips_the_step(monkeypatch: pytest.MonkeyPatch, caplog:
     module = make("grpo", beta=0.0)
     module.configure_model()
     before = adapter_state(module.policy_model, "policy")
-    original = step_loss.aggregate
+    original = step_loss.aggregate  # the loss of a micro-batch is aggregated there (lampo_pl/step_loss.py)
     monkeypatch.setattr(step_loss, "aggregate", lambda *a, **k: original(*a, **k) * float("nan"))
     trainer = fit(module, steps=2)
     after = adapter_state(module.policy_model, "policy")

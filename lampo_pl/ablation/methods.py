@@ -5,10 +5,13 @@ them equal), so a notebook result and a GPU run of a config mean the same algori
 (model, data, optimiser, sampling, seeds) is shared by all arms of one ablation. The formulas are in
 docs/ablations.md and the shared docs/ALGORITHMS.md.
 
-An arm is named by a spec: a base name, optionally ``+rouge`` (the ROUGE-L density reward on, with
-the ablation's ``density_weight``), optionally ``@field=value`` (a ``MethodArgs`` field changed):
+An arm is named by a spec: a base name, optionally ``+delta`` (DelTA's per-token reshaping of the base's
+advantage, ``method.delta``), optionally ``+rouge`` (the ROUGE-L density reward on, with the ablation's
+``density_weight``), optionally ``@field=value`` (a ``MethodArgs`` field changed):
 
     grpo               GRPO, binary reward
+    delta              GRPO + DelTA as in its paper (configs/qwen3-1.7b-delta.yaml)
+    lampo+delta        LamPO's advantage reshaped per token by DelTA
     grpo+rouge         GRPO with r = r_correct + α·ROUGE-L(o, solution)
     lampo@tau=0.5      LamPO with τ = 0.5 (τ = 0: Dr. GRPO's advantage under LamPO's loss)
     lampo+rouge@tau=2  both
@@ -97,24 +100,32 @@ METHODS: dict[str, MethodPreset] = {
                    eps_low=0.2, eps_high=0.28, beta=0.0),
         density=False, config="configs/qwen3-1.7b.yaml",
     ),
+    "delta": MethodPreset(
+        "GRPO + DelTA",
+        MethodArgs(estimator="grpo", aggregation="token_mean", eps_low=0.2, eps_high=0.28, beta=0.0, delta=True,
+                   delta_rounds=1, delta_weight_min=0.8, delta_weight_max=1.2),
+        density=False, config="configs/qwen3-1.7b-delta.yaml",
+    ),
 }
 
 
 # Greek letters for the labels of the fields a sweep usually changes.
 _SYMBOL = {"tau": "τ", "beta": "β", "eps_high": "ε_high", "eps_low": "ε_low"}
-_SPEC = re.compile(r"^(?P<base>[a-z_]+)(?P<rouge>\+rouge)?(?P<changes>(@[a-z_]+=[^@/\\\s]+)*)$")
+_SPEC = re.compile(r"^(?P<base>[a-z_]+)(?P<delta>\+delta)?(?P<rouge>\+rouge)?(?P<changes>(@[a-z_]+=[^@/\\\s]+)*)$")
 
 
 def method_preset(spec: str) -> MethodPreset:
     """The arm named ``spec`` (``lampo``, ``grpo+rouge``, ``lampo@tau=0.5``); the error says what is wrong."""
     match = _SPEC.match(spec)
     if match is None or match["base"] not in METHODS:
-        raise ValueError(f"unknown ablation method {spec!r}: expected <base>[+rouge][@field=value...] with <base> "
-                         f"one of {', '.join(METHODS)}")
+        raise ValueError(f"unknown ablation method {spec!r}: expected <base>[+delta][+rouge][@field=value...] with "
+                         f"<base> one of {', '.join(METHODS)}")
     preset = METHODS[match["base"]]
     changes = dict(part.split("=", 1) for part in match["changes"].split("@")[1:])
     method = replace(preset.method, **{name: _parse_field(spec, name, value) for name, value in changes.items()})
-    label = preset.label + (" + ROUGE-L" if match["rouge"] else "")
+    method = replace(method, delta=True) if match["delta"] else method
+    label = preset.label + (" + DelTA" if match["delta"] and not preset.method.delta else "")
+    label += " + ROUGE-L" if match["rouge"] else ""
     if changes:
         label += " " + ", ".join(f"{_SYMBOL.get(k, k)}={v}" for k, v in changes.items())
     return MethodPreset(label, method, density=bool(match["rouge"]), config=preset.config, base=match["base"])

@@ -139,7 +139,8 @@ class CustomReward:
             (``messages`` for prompts rendered from chat messages, as TRL does).
         memory_limit_gib: Address-space limit of the function's child process (``RLIMIT_AS``): a call
             past it gets a ``MemoryError`` (a failed batch) instead of the OOM killer taking the
-            trainer; null: no limit.
+            trainer; null: no limit. 8 GiB leaves room for a module that imports torch, transformers
+            and TRL (3.0 GiB of address space on CPU, measured).
     """
 
     function: str
@@ -147,7 +148,7 @@ class CustomReward:
     name: str | None = None
     timeout_s: float = 60.0
     completion_format: CompletionFormat = "auto"
-    memory_limit_gib: float | None = 4.0
+    memory_limit_gib: float | None = 8.0
 
     def __post_init__(self) -> None:
         if self.name is None:
@@ -217,7 +218,7 @@ class TrainerProgress:
 class CustomRewardRunner(LineWorker):
     """Calls one reward function in a child process; thread-safe, never raises from `__call__`."""
 
-    def __init__(self, function: str, memory_limit_gib: float | None = 4.0) -> None:
+    def __init__(self, function: str, memory_limit_gib: float | None = 8.0) -> None:
         super().__init__()  # LineWorker's start-up limit, as the grader's (a loaded machine overran 60 s)
         self.function = function
         self.memory_limit_gib = memory_limit_gib
@@ -274,7 +275,7 @@ def _is_number(value: Any) -> bool:
 
 
 @functools.cache
-def shared_runner(function: str, memory_limit_gib: float | None = 4.0) -> CustomRewardRunner:
+def shared_runner(function: str, memory_limit_gib: float | None = 8.0) -> CustomRewardRunner:
     """The process-wide runner of one function; its child starts on first use."""
     return CustomRewardRunner(function, memory_limit_gib)
 

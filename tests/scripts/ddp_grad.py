@@ -1,6 +1,7 @@
 """The first step's gradient of every aggregation, on 1 process or on 2 DDP ranks (gloo, CPU).
 
-Run by tests/test_ddp.py as ``python tests/scripts/ddp_grad.py OUT_DIR DEVICES``. The rollouts are
+Run by tests/test_ddp.py as ``python tests/scripts/ddp_grad.py OUT_DIR DEVICES [NUM_NODES [MODE ...]]``
+(tests/test_multinode.py: 1 device on each of 2 "nodes", two processes with torchrun's variables). The rollouts are
 fixed functions of the problems (no sampling), so 2 ranks with B prompts each and 1 process with
 the union of their 2B prompts (the data module cuts one seeded order the same way) see the same
 responses; each run saves the gradients its optimiser would apply, after DDP's averaging.
@@ -72,24 +73,50 @@ class SaveGrads(L.Callback):
             torch.save(grads, self.out)
 
 
-def main(out: Path, devices: int) -> None:
-    for mode in MODES:
+def main(out: Path, devices: int, num_nodes: int = 1, modes: tuple[str, ...] = MODES) -> None:
+    world = devices * num_nodes
+    for mode in modes:
         L.seed_everything(0, verbose=False)
         module = FixedRollouts(
-            model="tiny:qwen3", group_size=G, prompts_per_step=B * (2 // devices),
-            lora=LoraArgs(r=4, alpha=8, dtype="float64"), sampling=SamplingParams(max_new_tokens=MAX_NEW),
-            method=MethodArgs(estimator="grpo", aggregation=mode, beta=0.04, lambda_init=0.5, dynamic_sampling=True,
-                              max_refill_rounds=0),
-            optim=OptimArgs(lr=1e-2, grad_clip=0.0), compute=ComputeArgs(micro_batch_size=4),
+            model="tiny:qwen3",
+            group_size=G,
+            prompts_per_step=B * (2 // world),
+            lora=LoraArgs(r=4, alpha=8, dtype="float64"),
+            sampling=SamplingParams(max_new_tokens=MAX_NEW),
+            method=MethodArgs(
+                estimator="grpo",
+                aggregation=mode,
+                beta=0.04,
+                lambda_init=0.5,
+                dynamic_sampling=True,
+                max_refill_rounds=0,
+            ),
+            optim=OptimArgs(lr=1e-2, grad_clip=0.0),
+            compute=ComputeArgs(micro_batch_size=4),
         )
-        data = ProblemDataModule(train_set="synthetic", eval_sets=[], prompts_per_step=B * (2 // devices),
-                                 synthetic_size=16, synthetic_levels=[1, 2])
-        trainer = L.Trainer(strategy="ddp" if devices > 1 else "auto", accelerator="cpu", devices=devices,
-                            max_steps=1, logger=False, use_distributed_sampler=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False,
-                            callbacks=[SaveGrads(out / f"{mode}-{devices}.pt")])
+        data = ProblemDataModule(
+            train_set="synthetic",
+            eval_sets=[],
+            prompts_per_step=B * (2 // world),
+            synthetic_size=16,
+            synthetic_levels=[1, 2],
+        )
+        trainer = L.Trainer(
+            strategy="ddp" if world > 1 else "auto",
+            accelerator="cpu",
+            devices=devices,
+            num_nodes=num_nodes,
+            max_steps=1,
+            logger=False,
+            use_distributed_sampler=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[SaveGrads(out / f"{mode}-{world}.pt")],
+        )
         trainer.fit(module, datamodule=data)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]))
+    nodes = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    main(Path(sys.argv[1]), int(sys.argv[2]), nodes, tuple(sys.argv[4:]) or MODES)
