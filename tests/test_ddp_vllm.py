@@ -64,14 +64,6 @@ def test_a_stopped_two_rank_vllm_run_with_dynamic_sampling_resumes_bit_identical
     runs = {
         (t, r): torch.load(tmp_path / f"{t}{r}.pt", weights_only=True) for t in ("straight", "resumed") for r in (0, 1)
     }
-    for rank in (0, 1):
-        straight, resumed = runs["straight", rank], runs["resumed", rank]
-        assert sorted(resumed["steps"]) == [2, 3]
-        for step in (2, 3):
-            assert resumed["steps"][step] == straight["steps"][step], f"rank {rank}, step {step}"
-        assert straight["adapter"].keys() == resumed["adapter"].keys()
-        for key, value in straight["adapter"].items():
-            assert torch.equal(value, resumed["adapter"][key]), f"rank {rank}: {key}"
     steps = [runs["straight", r]["steps"] for r in (0, 1)]
     assert steps[0][3]["texts"] != steps[1][3]["texts"], "ranks must sample different streams"
     for step in (1, 2, 3):  # the refill stream stays aligned over ranks: the same batches taken every step
@@ -80,3 +72,11 @@ def test_a_stopped_two_rank_vllm_run_with_dynamic_sampling_resumes_bit_identical
     # Logged rounds count this rank's generation rounds: a rank whose groups sufficed takes the refill batch
     # without sampling it, so they may differ; the test needs a step where they do.
     assert any(steps[0][s]["rounds"] != steps[1][s]["rounds"] for s in (1, 2, 3)), "no step where one rank refilled"
+    for rank in (0, 1):
+        straight, resumed = runs["straight", rank], runs["resumed", rank]
+        assert sorted(resumed["steps"]) == [2, 3]
+        for step in (2, 3):
+            assert resumed["steps"][step] == straight["steps"][step], f"rank {rank}, step {step}"
+        assert straight["adapter"].keys() == resumed["adapter"].keys()
+        for key, value in straight["adapter"].items():
+            assert torch.equal(value, resumed["adapter"][key]), f"rank {rank}: {key}"
