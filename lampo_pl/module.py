@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -39,7 +38,7 @@ from lampo_pl.policy import load_policy, reference_adapter, trainable_parameters
 from lampo_pl.preflight import run_preflight
 from lampo_pl.rewards import RewardBatch, check_custom_rewards
 from lampo_pl.rewards.custom import RewardGuard
-from lampo_pl.rollout import Rollout, SamplingParams, generate_rollout
+from lampo_pl.rollout import Rollout, SamplingParams
 from lampo_pl.sampling_rounds import SamplingSteps
 from lampo_pl.settings import ComputeArgs, LoraArgs, MethodArgs, OptimArgs, PromptArgs, RewardArgs
 from lampo_pl.step_loss import micro_batch_loss
@@ -47,7 +46,7 @@ from lampo_pl.step_metrics import OptimResult, Phases, StepRecord, step_metrics
 from lampo_pl.strategies import check_strategy
 from lampo_pl.trajectory import Trajectory, micro_batches
 from lampo_pl.vllm_checks import check_vllm_model, check_vllm_settings
-from lampo_pl.vllm_engine import close_engine, step_seed
+from lampo_pl.vllm_engine import close_engine
 
 log = logging.getLogger(__name__)
 
@@ -189,36 +188,6 @@ class LamPOModule(DeltaSteps, SamplingSteps, EvaluationSteps, L.LightningModule)
             result = self.optimise(traj, sample.problems)
         metrics = self.log_step(rollout, scored, advantages, result, phases, sample.stats, keep=sample.keep)
         self.last_step = StepRecord.of_step(self.global_step, sample, advantages, metrics)
-
-    def collect_rollout(
-        self, batch: list[Problem], prompts: list[str], round_index: int = 0
-    ) -> tuple[Rollout, list[Problem]]:
-        """Sample G responses per rendered prompt; ``problems[i]`` is the problem of response row i.
-
-        ``round_index`` counts the step's generation rounds (DAPO refill): with the run seed, the step
-        and the rank it fixes the vLLM engine's per-request seeds, so a resumed run draws what the
-        uninterrupted one did and two rounds of one step never share their random numbers.
-        """
-        assert self.policy_model is not None
-        rollout = generate_rollout(
-            self.policy_model, self.tokenizer, prompts, self.group_size, self.sampling,
-            max_context=self.max_context, generation_batch_size=self.generation_batch_size,
-            # With vLLM the sampler's log-probs come free; the mismatch metrics and its correction read them.
-            record_logprobs=self.sampler_records_old_logprobs or self.sampling.engine == "vllm"
-            or self.method.correction[0] != "none",
-            seed=step_seed(self.seed_of_run(), self.global_step, self.global_rank, round_index),
-        )
-        return rollout, [q for q in batch for _ in range(self.group_size)]
-
-    def seed_of_run(self) -> int:
-        """The run's seed: ``PL_GLOBAL_SEED`` when it started, then the checkpoint's on every resume.
-
-        LightningCLI draws a new ``PL_GLOBAL_SEED`` at each call when a config has no ``seed_everything``, so a
-        resumed vLLM run would otherwise draw other samples than the uninterrupted one (issue 21, item 6).
-        """
-        if self.run_seed is None:
-            self.run_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        return self.run_seed
 
     def loss_mask(self, rollout: Rollout, keep: Tensor) -> Tensor:
         """``[N, L]`` tokens that count in the loss: DAPO overlong masking drops truncated rows,
@@ -418,7 +387,6 @@ class LamPOModule(DeltaSteps, SamplingSteps, EvaluationSteps, L.LightningModule)
         self.skipped_steps = int(checkpoint.get("lampo_skipped_steps", 0))
         if "lampo_run_seed" in checkpoint:
             self.run_seed = int(checkpoint["lampo_run_seed"])
-
 
 
 def batch_size_of(module_b: int | None, data_b: int | None) -> int:

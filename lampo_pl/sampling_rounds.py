@@ -10,6 +10,7 @@ groups make the batch (``dynamic_sampling.assemble``); refill prompts come from 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -20,8 +21,9 @@ from lampo_pl.data.record import Problem
 from lampo_pl.dynamic_sampling import Round, Sample, assemble, group_filter
 from lampo_pl.rewards import RewardBatch, RewardSpec, score_responses
 from lampo_pl.rewards.custom import TrainerProgress
-from lampo_pl.rollout import Rollout
+from lampo_pl.rollout import Rollout, generate_rollout
 from lampo_pl.step_metrics import Phases
+from lampo_pl.vllm_engine import step_seed
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +117,7 @@ class SamplingSteps:
     """Prompts, rollouts and rewards of the training step; mixed in before ``LightningModule``.
 
     Reads the module's ``prompt``, ``reward_args``, ``method``, ``tokenizer``, ``group_size``,
-    ``prompts_per_step``, ``filter_signal``, ``reward_guard`` and calls its ``collect_rollout``.
+    ``prompts_per_step``, ``filter_signal``, ``reward_guard``, ``policy_model``, ``sampling`` and ``run_seed``.
     """
 
     prompt: Any
@@ -129,7 +131,13 @@ class SamplingSteps:
     trainer: Any
     global_step: int
     device: torch.device
-    collect_rollout: Callable[..., tuple[Rollout, list[Problem]]]
+    global_rank: int
+    policy_model: Any
+    sampling: Any
+    max_context: int | None
+    generation_batch_size: int | None
+    sampler_records_old_logprobs: bool
+    run_seed: int | None
 
     def reward_specs(self) -> list[RewardSpec]:
         r = self.reward_args
@@ -172,3 +180,33 @@ class SamplingSteps:
                                custom=custom, completion_ids=ids if custom else None, guard=self.reward_guard,
                                state=TrainerProgress.of(self.trainer, self.global_step) if custom else None,
                                prompt_messages=[self.messages(q) for q in problems] if custom else None)
+
+    def collect_rollout(
+        self, batch: list[Problem], prompts: list[str], round_index: int = 0
+    ) -> tuple[Rollout, list[Problem]]:
+        """Sample G responses per rendered prompt; ``problems[i]`` is the problem of response row i.
+
+        ``round_index`` counts the step's generation rounds (DAPO refill): with the run seed, the step
+        and the rank it fixes the vLLM engine's per-request seeds, so a resumed run draws what the
+        uninterrupted one did and two rounds of one step never share their random numbers.
+        """
+        assert self.policy_model is not None
+        rollout = generate_rollout(
+            self.policy_model, self.tokenizer, prompts, self.group_size, self.sampling,
+            max_context=self.max_context, generation_batch_size=self.generation_batch_size,
+            # With vLLM the sampler's log-probs come free; the mismatch metrics and its correction read them.
+            record_logprobs=self.sampler_records_old_logprobs or self.sampling.engine == "vllm"
+            or self.method.correction[0] != "none",
+            seed=step_seed(self.seed_of_run(), self.global_step, self.global_rank, round_index),
+        )
+        return rollout, [q for q in batch for _ in range(self.group_size)]
+
+    def seed_of_run(self) -> int:
+        """The run's seed: ``PL_GLOBAL_SEED`` when it started, then the checkpoint's on every resume.
+
+        LightningCLI draws a new ``PL_GLOBAL_SEED`` at each call when a config has no ``seed_everything``, so a
+        resumed vLLM run would otherwise draw other samples than the uninterrupted one (issue 21, item 6).
+        """
+        if self.run_seed is None:
+            self.run_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return self.run_seed

@@ -213,7 +213,8 @@ def test_step_feeds_the_loss_delta_of_the_estimators_advantage(monkeypatch: pyte
 
     monkeypatch.setattr(delta_step, "delta_advantages", spy)
     module = make("grpo", beta=0.0, iters=2, lr=0.0, delta=True, cls=SpyLoss)
-    module.compute = ComputeArgs(micro_batch_size=4, logprob_chunk=5)  # several head chunks per micro-batch
+    # several head chunks per micro-batch; no preflight, whose micro-batch pass would be the first the spy sees
+    module.compute = ComputeArgs(micro_batch_size=4, logprob_chunk=5, preflight=False)
     module.configure_model()
     _boost_eos(module.policy_model, stop_token_ids(module.policy_model, module.tokenizer)[0])  # ragged responses
     fit(module, steps=1)

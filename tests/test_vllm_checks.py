@@ -171,7 +171,7 @@ def test_the_run_seed_is_saved_in_the_checkpoint_and_used_on_resume(monkeypatch:
         seeds.append(seed)
         return "rollout"
 
-    monkeypatch.setattr("lampo_pl.module.generate_rollout", fake_rollout)
+    monkeypatch.setattr("lampo_pl.sampling_rounds.generate_rollout", fake_rollout)
     monkeypatch.setenv("PL_GLOBAL_SEED", "5")
     first = LamPOModule(group_size=2)
     first.policy_model = torch.nn.Linear(1, 1)
