@@ -31,6 +31,8 @@ from __future__ import annotations
 import hashlib
 import pickle
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -89,6 +91,16 @@ def restore_rng(state: dict[str, Any]) -> None:
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a block; afterwards the global RNG states (``capture_rng``'s) are as before, also after an error."""
+    state = capture_rng()
+    try:
+        yield
+    finally:
+        restore_rng(state)
 
 
 class RNGStateCheckpoint(L.Callback):

@@ -22,18 +22,17 @@ halved ``max_new_tokens``) and one line (``PreflightError``) gives the peak it r
 from __future__ import annotations
 
 import logging
-import random
 import re
 import resource
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from lampo_pl.checkpointing import preserved_rng
 from lampo_pl.decode import cache_argument
 from lampo_pl.errors import UserError
 from lampo_pl.lora_merge import merged_adapter
@@ -102,21 +101,6 @@ def peak_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
-
-
-@contextmanager
-def preserved_rng() -> Iterator[None]:
-    """torch's (CPU and every CUDA device's), numpy's and Python's RNG states as before, also after an error."""
-    torch_state, np_state, py_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        torch.set_rng_state(torch_state)
-        np.random.set_state(np_state)
-        random.setstate(py_state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
 
 
 def longest_prompt(render: Callable[[list[Any]], list[str]], tokenizer: Any, problems: list[Any]) -> list[int]:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import shutil
 import tempfile
 import weakref
@@ -44,12 +43,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import torch
 from peft import PeftModel
 from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
+from lampo_pl.checkpointing import preserved_rng
 from lampo_pl.lora_merge import lora_layers
 from lampo_pl.vllm_checks import (
     VllmCombinationError,
@@ -93,18 +92,11 @@ def step_seed(run_seed: int, step: int, rank: int, round_index: int = 0) -> int:
 @contextmanager
 def preserved_process_state() -> Iterator[None]:
     """Run an engine call; afterwards torch's / numpy's / Python's RNG and torch's thread setting are as before."""
-    cuda = torch.cuda.is_available()
-    torch_state, np_state, py_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    cuda_states = torch.cuda.get_rng_state_all() if cuda else None
     set_threads, threads = torch.set_num_threads, torch.get_num_threads()
     try:
-        yield
+        with preserved_rng():
+            yield
     finally:
-        torch.set_rng_state(torch_state)
-        np.random.set_state(np_state)
-        random.setstate(py_state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
         torch.set_num_threads = set_threads  # vLLM's CPU worker swaps in a no-op for the whole process
         if torch.get_num_threads() != threads:
             set_threads(threads)
