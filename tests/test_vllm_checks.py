@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from test_vllm import needs_vllm  # tests/ is on sys.path under pytest (no package)
 from transformers import AutoModelForCausalLM
 
 from lampo_pl.mismatch import MismatchMeter
@@ -27,17 +28,6 @@ from lampo_pl.vllm_checks import (
     served_lora_rank,
 )
 from lampo_pl.vllm_engine import close_engine, shared_engine, step_seed
-
-
-def _vllm_installed() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_vllm = pytest.mark.skipif(not _vllm_installed(), reason="vLLM is not installed (make vllm)")
 
 
 def _one_line(error: pytest.ExceptionInfo[BaseException]) -> str:

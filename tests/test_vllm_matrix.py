@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from test_vllm import needs_vllm  # tests/ is on sys.path under pytest (no package)
 
 from lampo_pl.logprobs import token_logprobs
 from lampo_pl.module import LamPOModule
@@ -34,15 +35,7 @@ CELLS = list(itertools.product(QUANTIZATIONS, TARGETS, SYNCS))
 REFUSED = {"8bit": r"^model\.lora\.quantization=8bit with model\.sampling\.engine=vllm: .*int8 matmul quantises"}
 
 
-def _vllm_installed() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(not _vllm_installed(), reason="vLLM is not installed (make vllm)")
+pytestmark = needs_vllm
 
 
 def _sampling(sync: str, **changes: Any) -> SamplingParams:
