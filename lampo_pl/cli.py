@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from lampo_pl.callbacks.evaluation import EvalOverrides
+from lampo_pl.callbacks.evaluation import EvalOverrides, free_path
 from lampo_pl.callbacks.progress import StepProgressBar
 from lampo_pl.checkpointing import RNGStateCheckpoint, RunCheckpoint, verify_checkpoint
 from lampo_pl.data.datamodule import ProblemDataModule
@@ -193,10 +193,9 @@ def _resume_in_its_version(config: Any) -> None:
         return
     root = Path(init_args["save_dir"]) / (init_args.get("name") or "lightning_logs")
     if ckpt == "last":
-        found = [p for p in root.glob("*/checkpoints/*.ckpt") if p.is_file()]
-        if not found:
+        file = newest_checkpoint(sorted(root.glob("*/checkpoints")))
+        if file is None:
             return  # find_last_checkpoint says so in one line, with where it looked
-        file = max(found, key=lambda p: p.stat().st_mtime)
     else:
         file = Path(str(ckpt))
     folder = file.resolve().parent
@@ -217,10 +216,10 @@ class KeepingSaveConfig(SaveConfigCallback):
 
 def free_config_name(folder: Path, *, resumed: bool) -> str:
     """``config.yaml`` or, when it exists, the first free ``config_resume<n>.yaml`` (fit) / ``config_<n>.yaml``."""
-    if not (folder / "config.yaml").exists():
-        return "config.yaml"
-    n = 1 if resumed else 2
-    while (folder / (name := f"config_resume{n}.yaml" if resumed else f"config_{n}.yaml")).exists():
+    if not resumed or not (folder / "config.yaml").exists():
+        return free_path(folder / "config.yaml").name
+    n = 1
+    while (folder / (name := f"config_resume{n}.yaml")).exists():
         n += 1
     return name
 
@@ -236,12 +235,18 @@ def find_last_checkpoint(trainer: Any) -> Path:
     base = Path(logger.root_dir) if logger is not None and getattr(logger, "root_dir", None) else None
     if base is not None:
         roots += sorted(base.glob("*/checkpoints"))
-    found = [p for root in roots for p in root.glob("*.ckpt") if p.is_file()]
-    if not found:
+    found = newest_checkpoint(roots)
+    if found is None:
         where = ", ".join(str(r) for r in roots) or str(base or trainer.default_root_dir)
         raise UserError(f"--ckpt_path last: no checkpoint found (looked in {where}); nothing to resume. "
                         "Drop --ckpt_path to start a new run, or give a checkpoint file")
-    return max(found, key=lambda p: p.stat().st_mtime)
+    return found
+
+
+def newest_checkpoint(folders: list[Path]) -> Path | None:
+    """The most recently written ``*.ckpt`` file in ``folders``; ``None`` when there is none."""
+    found = [p for folder in folders for p in folder.glob("*.ckpt") if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def remove_if_only_startup_files(folder: Path | None) -> None:
