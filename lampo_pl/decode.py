@@ -18,11 +18,17 @@ How this differs from ``model.generate`` (the ``engine="generate"`` path, kept a
 5. The KV cache is passed under the name the model's ``forward`` declares: ``cache`` from transformers
    5.2x on, ``past_key_values`` before (deprecated, removed in 5.40; issue 14). Read from the signature,
    not guessed from a version string, so the loop runs on the 5.19 that vLLM's CPU build pins too.
+6. On request (``record_hidden``) the output head's input at the position that predicts each sampled
+   token (the final norm's output) is kept, as log π is: DelTA's h (``delta_step.py``) at μ = 1 then
+   costs no teacher-forced pass. The head sees one position per call (``logits_to_keep=1``).
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import NamedTuple
 
 import torch
 from peft import PeftModel
@@ -31,6 +37,33 @@ from transformers import TopKLogitsWarper, TopPLogitsWarper
 
 DECODE_ARGUMENTS = ("attention_mask", "position_ids", "past_key_values", "use_cache", "logits_to_keep")
 CACHE_ARGUMENTS = ("cache", "past_key_values")  # the new name first (transformers' deprecate_kwarg, 5.40)
+
+
+class Decoded(NamedTuple):
+    """What ``decode`` sampled: tokens ``[n, l]``, their log-probs ``[n, l]``, the head inputs ``[n, l, H]`` or None."""
+
+    tokens: Tensor
+    logprobs: Tensor
+    hidden: Tensor | None
+
+
+@contextmanager
+def head_inputs(model: nn.Module, last: bool = False) -> Iterator[list[Tensor]]:
+    """Every input the model's output head receives in the body, detached, in call order; ``last``: only each
+    call's last position ``[n, H]``, copied (a view of the prefill's ``[n, 1, H]`` slice keeps its ``[n, p, H]``).
+
+    A forward pre-hook on ``get_output_embeddings()``, as DelTA's reference captures h (``RUCBM/DelTA``,
+    ``verl-DelTA/verl/workers/actor/dp_actor.py``, ``_forward_micro_batch_with_h``).
+    """
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    captured: list[Tensor] = []
+    handle = base.get_output_embeddings().register_forward_pre_hook(
+        lambda module, args: captured.append(args[0][:, -1].clone() if last else args[0].detach())
+    )
+    try:
+        yield captured
+    finally:
+        handle.remove()
 
 
 def sample_categorical(probs: Tensor) -> Tensor:
@@ -113,19 +146,45 @@ def decode(
     top_p: float,
     eos_ids: list[int],
     pad_id: int,
-) -> tuple[Tensor, Tensor]:
-    """Sample responses after left-padded prompts [n, p] -> (tokens [n, l], their log-probs [n, l]), l <= max.
+    record_hidden: bool = False,
+) -> Decoded:
+    """Sample responses after left-padded prompts [n, p] -> tokens [n, l], their log-probs [n, l], l <= max,
+    and with ``record_hidden`` the head's input [n, l, H] at the position that predicts each token.
 
-    After a row's first EOS its tokens are `pad_id` and its log-probs 0; the loop stops when every row
-    has ended or at `max_new_tokens`. The model is called as it is (train / eval mode is the caller's).
+    After a row's first EOS its tokens are `pad_id`, its log-probs and head inputs 0; the loop stops when every
+    row has ended or at `max_new_tokens`. The model is called as it is (train / eval mode is the caller's).
     """
+    with head_inputs(model, last=True) if record_hidden else nullcontext([]) as heads:
+        tokens, logps, ended_at = _decode_loop(model, input_ids, attention_mask, max_new_tokens, min_new_tokens,
+                                               temperature, top_k, top_p, eos_ids, pad_id)  # fmt: skip
+    if not record_hidden:
+        return Decoded(tokens, logps, None)
+    if len(heads) != tokens.shape[1]:
+        raise RuntimeError(f"the output head ran {len(heads)} times for {tokens.shape[1]} decode steps")
+    hidden = torch.stack(heads, dim=1)  # [n, l, H]
+    return Decoded(tokens, logps, hidden.masked_fill_(ended_at[:, :, None], 0))
+
+
+def _decode_loop(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    max_new_tokens: int,
+    min_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    eos_ids: list[int],
+    pad_id: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``decode``'s loop -> tokens [n, l], log-probs [n, l], and [n, l] bool: the row had ended before step t."""
     cache = cache_argument(model)
     n = input_ids.shape[0]
     positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)  # [n, p]
     mask: Tensor | None = None if bool(attention_mask.all()) else attention_mask  # as generate: no padding, no mask
     eos = torch.tensor(eos_ids, device=input_ids.device)  # [e]
     ended = torch.zeros(n, dtype=torch.bool, device=input_ids.device)  # [n]
-    tokens, logps = [], []
+    tokens, logps, before = [], [], []
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     step_positions = positions[:, -1:]  # [n, 1]
     for t in range(max_new_tokens):
@@ -133,6 +192,7 @@ def decode(
         token, logp = next_tokens(out.logits[:, -1].float(), temperature, top_k, top_p, banned)  # [n], [n]
         tokens.append(token.masked_fill(ended, pad_id))
         logps.append(logp.masked_fill(ended, 0.0))
+        before.append(ended.clone())
         ended |= torch.isin(token, eos)
         if t + 1 == max_new_tokens or bool(ended.all()):
             break
@@ -141,4 +201,4 @@ def decode(
         step_positions = step_positions + 1
         out = model(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=step_positions,
                     use_cache=True, logits_to_keep=1, **{cache: out[cache]})  # fmt: skip
-    return torch.stack(tokens, dim=1), torch.stack(logps, dim=1)  # [n, l], [n, l]
+    return torch.stack(tokens, dim=1), torch.stack(logps, dim=1), torch.stack(before, dim=1)  # [n, l] each

@@ -147,6 +147,7 @@ class LamPOModule(DeltaSteps, SamplingSteps, EvaluationSteps, L.LightningModule)
         self.prompts_per_step = batch_size_of(self.prompts_per_step, data_b)
         settings.check_batch_shape(self.prompts_per_step, self.group_size, self.compute.micro_batch_size,
                                    self.method.num_iterations)
+        self.delta_cost_note()  # DelTA at μ = 1 without the native sampler: one line on its extra forward
 
     def configure_model(self) -> None:
         if self.policy_model is not None:
@@ -178,7 +179,7 @@ class LamPOModule(DeltaSteps, SamplingSteps, EvaluationSteps, L.LightningModule)
         sample = self.sample_batch(batch, phases)  # rollout + rewards; DAPO refill rounds
         rollout, scored = sample.rollout, sample.scored
         traj = Trajectory.of(rollout, self.loss_mask(rollout, sample.keep), sample.keep)
-        with phases("old_logprobs"), self.delta_features(traj) as delta:  # DelTA's h: from this pass (delta_step.py)
+        with phases("old_logprobs"), self.delta_features(traj, rollout) as delta:  # DelTA's h, p: delta_step.py
             old_logp, confidence_logp = self.old_policy_logprobs(traj, rollout)
         with phases("ref_logprobs"):
             ref_logp = self.reference_logprobs(traj)
@@ -208,15 +209,15 @@ class LamPOModule(DeltaSteps, SamplingSteps, EvaluationSteps, L.LightningModule)
         """log π_old ``[N, L]``, decided here and nowhere else: ``(for the loss, for LamPO's confidence scores)``.
 
         π_old is the policy that sampled the rollout.
-        - μ > 1, or DelTA on (its hidden states come from this pass): one no-grad pass freezes π_old before
-          the first update; the loss and the confidence scores both read it.
+        - μ > 1, or DelTA from a sampler without head inputs (``old_pass_for_delta``): one no-grad pass freezes
+          π_old before the first update; the loss and the confidence scores both read it.
         - μ = 1: the μ = 1 identity: the policy being optimised *is* π_old, so the loss takes the detached current
           log-probs (``None`` here; ``Trajectory.old_logprobs_for``) and no pass runs. LamPO's confidence scores,
           needed before the loss pass, take the log-probs the sampler recorded while drawing the tokens (equal to a
           teacher-forced pass up to float rounding, tests/test_perf.py), or a no-grad pass from a sampler that did not.
         """
         lampo = self.method.estimator == "lampo"
-        if self.method.num_iterations > 1 or self.method.delta:
+        if self.method.num_iterations > 1 or self.old_pass_for_delta:
             old = self.logprobs_no_grad(traj)
             return old, (old if lampo else None)
         if not lampo:

@@ -5,9 +5,11 @@ The worst case is the longest rendered prompt of the training set (asked of the 
 ``max_new_tokens`` for every row and the configured micro-batch. Through it run:
 1. the sampler's peak: with the native / ``generate()`` engines the KV cache of one sampling call
    (``generation_batch_size`` rows, or all B·G) at full length, filled by a chunked prefill under the merged
-   adapter as the decode loop samples; with vLLM the engine is started (it is anyway at step one) and its
+   adapter as the decode loop samples, beside the ``[B·G, L, H]`` head inputs the sampler keeps for DelTA at
+   μ = 1 (``DeltaSteps.sampler_gives_delta``); with vLLM the engine is started (it is anyway at step one) and its
    reported KV-cache capacity is compared with B·G sequences of that length;
-2. the no-grad passes the step runs (π_ref when β > 0 or ``track_kl``; π_old when μ > 1);
+2. the no-grad passes the step runs (π_ref when β > 0 or ``track_kl``; π_old when μ > 1, or for DelTA at μ = 1
+   with an engine that keeps no head inputs);
 3. one micro-batch's loss forward and backward, gradients then dropped; the optimiser never steps.
 
 Nothing of the run changes: the RNG states (torch, CUDA, numpy, Python) are restored, the gradients set back
@@ -120,10 +122,16 @@ def worst_trajectory(case: WorstCase, rows: int, device: torch.device) -> Trajec
 
 
 @torch.no_grad()
-def fill_kv_cache(model: torch.nn.Module, case: WorstCase, merge: bool, device: torch.device) -> None:
+def fill_kv_cache(
+    model: torch.nn.Module, case: WorstCase, merge: bool, device: torch.device, record_hidden: bool = False
+) -> None:
     """The native sampler's peak: one call's rows with the KV cache at prompt + ``max_new_tokens``, filled by a
-    prompt prefill then chunks of ``PREFILL_CHUNK`` tokens (``decode.decode`` adds one token per call)."""
+    prompt prefill then chunks of ``PREFILL_CHUNK`` tokens (``decode.decode`` adds one token per call); with
+    ``record_hidden`` beside the step's ``[B·G, L, H]`` head inputs (``Rollout.sampled_hidden``)."""
     cache = cache_argument(model)
+    head = (model.get_base_model() if hasattr(model, "get_base_model") else model).get_output_embeddings()
+    held = torch.zeros(case.sequences, case.response_tokens, head.weight.shape[1], dtype=head.weight.dtype,
+                       device=device) if record_hidden else None  # fmt: skip
     ids = torch.tensor([case.prompt + [case.prompt[-1]] * case.response_tokens] * case.generation_rows,
                        device=device)  # [n, P+L]  # fmt: skip
     was_training = model.training
@@ -136,7 +144,7 @@ def fill_kv_cache(model: torch.nn.Module, case: WorstCase, merge: bool, device: 
                 positions = torch.arange(start, start + chunk.shape[1], device=device).expand_as(chunk)  # [n, c]
                 out = model(input_ids=chunk, position_ids=positions, use_cache=True, logits_to_keep=1,
                             **{cache: out[cache]})  # fmt: skip
-            del out
+            del out, held
     finally:
         model.train(was_training)
 
@@ -144,7 +152,7 @@ def fill_kv_cache(model: torch.nn.Module, case: WorstCase, merge: bool, device: 
 def train_step_passes(module: Any, case: WorstCase) -> None:
     """The step's teacher-forced passes on the worst micro-batch: no-grad passes, then loss forward + backward."""
     traj = worst_trajectory(case, case.micro_batch, module.device)
-    if module.method.num_iterations > 1:
+    if module.method.num_iterations > 1 or module.old_pass_for_delta:
         traj = replace(traj, old_logprobs=module.logprobs_no_grad(traj))  # π_old frozen before the update
     ref = module.reference_logprobs(traj)  # None when β = 0 and not track_kl: no pass, as in the step
     traj = replace(traj, ref_logprobs=ref)
@@ -167,7 +175,7 @@ def attempt(module: Any, case: WorstCase, sample_native: bool) -> int:
     reset_peak(device)
     try:
         if sample_native:
-            fill_kv_cache(module.policy_model, case, module.sampling.merge_lora, device)
+            fill_kv_cache(module.policy_model, case, module.sampling.merge_lora, device, module.sampler_gives_delta)
         train_step_passes(module, case)
         return peak_bytes(device)
     finally:

@@ -23,6 +23,8 @@ How this differs from a plain `model.generate` call and why:
    anyway; with ``generate()`` they cost one log-softmax over [n, V] per token. They agree with
    `token_logprobs` on the same tokens up to float rounding (the KV-cache path sums in another
    order; tests pin 1e-4).
+8. On request (`record_hidden`, native engine only) the output head's input at each sampled token's
+   position is kept too (`decode.py`): DelTA's h at μ = 1 without a teacher-forced pass (issue 22).
 """
 
 from __future__ import annotations
@@ -124,6 +126,8 @@ class Rollout:
         sampled_logprobs: [N, L] the sampler's log softmax(z / T)[o_t] (before top-p / top-k; vLLM's after them,
             ``SamplingParams.logprobs_truncated``), 0 after the response; `None` unless
             `generate_rollout(record_logprobs=True)`.
+        sampled_hidden: [N, L, H] the output head's input at the position that predicts each response token, in
+            the model's dtype, 0 after the response; `None` unless `generate_rollout(record_hidden=True)`.
     """
 
     input_ids: Tensor
@@ -135,6 +139,7 @@ class Rollout:
     texts: list[str]
     generation_seconds: float
     sampled_logprobs: Tensor | None = None
+    sampled_hidden: Tensor | None = None
 
     @property
     def response_ids(self) -> Tensor:
@@ -231,17 +236,18 @@ def _generate(
     eos_ids: list[int],
     pad_id: int,
     record_logprobs: bool,
-) -> tuple[Tensor, Tensor | None]:
+    record_hidden: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """One sampler call over left-padded `rows` -> (response columns [n, l], l <= max_new_tokens; their
-    sampler log-probs [n, l] or None)."""
+    sampler log-probs [n, l] or None; the head inputs [n, l, H] or None)."""
     ids, mask = left_pad(rows, pad_id, model.device)  # [n, p], [n, p]
     if sampling.engine == "native":
-        responses, logps = decode(
+        out = decode(
             model, ids, mask, max_new_tokens=sampling.max_new_tokens, min_new_tokens=sampling.min_new_tokens,
             temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p, eos_ids=eos_ids,
-            pad_id=pad_id,
-        )  # [n, l], [n, l]
-        return responses, (logps if record_logprobs else None)
+            pad_id=pad_id, record_hidden=record_hidden,
+        )  # [n, l], [n, l], [n, l, H] | None
+        return out.tokens, (out.logprobs if record_logprobs else None), out.hidden
     greedy = sampling.temperature == 0
     recorder = _SampledLogprobs(1.0 if greedy else sampling.temperature) if record_logprobs else None
     output = model.generate(
@@ -260,7 +266,7 @@ def _generate(
         logits_processor=LogitsProcessorList([recorder] if recorder else []),
     )  # [n, p+l]
     responses = output[:, ids.shape[1] :]  # [n, l]
-    return responses, (recorder.finish(responses) if recorder else None)
+    return responses, (recorder.finish(responses) if recorder else None), None
 
 
 def _generate_all(
@@ -273,9 +279,10 @@ def _generate_all(
     record_logprobs: bool,
     seed: int,
     max_context: int | None = None,
-) -> tuple[Tensor, Tensor | None, float]:
+    record_hidden: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor | None, float]:
     """Generate for all rows, `batch_size` per call, in eval mode; -> (responses [N, L], their sampler
-    log-probs [N, L] or None, seconds)."""
+    log-probs [N, L] or None, head inputs [N, L, H] or None, seconds)."""
     if sampling.engine == "vllm":
         return _sample_vllm(model, rows, sampling, eos_ids, pad_id, record_logprobs, seed, max_context)
     step = batch_size or len(rows)
@@ -284,20 +291,21 @@ def _generate_all(
     start = time.perf_counter()
     try:
         with torch.no_grad(), merged_adapter(model) if sampling.merge_lora else nullcontext():
-            parts = [_generate(model, rows[i : i + step], sampling, eos_ids, pad_id, record_logprobs)
+            parts = [_generate(model, rows[i : i + step], sampling, eos_ids, pad_id, record_logprobs, record_hidden)
                      for i in range(0, len(rows), step)]  # fmt: skip
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - start
-    width = max(ids.shape[1] for ids, _ in parts)
+    width = max(ids.shape[1] for ids, _, _ in parts)
 
-    def pad(part: Tensor, value: float) -> Tensor:  # [n, l] -> [n, L]
-        return torch.nn.functional.pad(part, (0, width - part.shape[1]), value=value)
+    def pad(part: Tensor, value: float = 0.0) -> Tensor:  # [n, l] -> [n, L], [n, l, H] -> [n, L, H]
+        return torch.nn.functional.pad(part, (0, 0) * (part.dim() - 2) + (0, width - part.shape[1]), value=value)
 
     # Only rows that already ended in EOS get padded here: a call stops early only when all its rows did.
-    responses = torch.cat([pad(ids, pad_id) for ids, _ in parts])  # [N, L]
-    logps = torch.cat([pad(lp, 0.0) for _, lp in parts if lp is not None]) if record_logprobs else None
-    return responses, logps, seconds  # [N, L], [N, L] | None
+    responses = torch.cat([pad(ids, pad_id) for ids, _, _ in parts])  # [N, L]
+    logps = torch.cat([pad(lp) for _, lp, _ in parts if lp is not None]) if record_logprobs else None
+    hidden = torch.cat([pad(h) for _, _, h in parts if h is not None]) if record_hidden else None
+    return responses, logps, hidden, seconds  # [N, L], [N, L] | None, [N, L, H] | None
 
 
 def _sample_vllm(
@@ -309,7 +317,7 @@ def _sample_vllm(
     record_logprobs: bool,
     seed: int,
     max_context: int | None,
-) -> tuple[Tensor, Tensor | None, float]:
+) -> tuple[Tensor, Tensor | None, None, float]:
     """All rows through the model's vLLM engine, synced to the current policy first; -> as `_generate_all`.
 
     One engine serves every call; its context is the run's ``max_context``, or else the longest sequence its
@@ -327,7 +335,7 @@ def _sample_vllm(
     logps = torch.zeros(responses.shape, dtype=torch.float32)  # [N, L]
     for i, (_, values) in enumerate(sampled):
         logps[i, : len(values)] = torch.tensor(values, dtype=torch.float32)
-    return responses, (logps.to(model.device) if record_logprobs else None), time.perf_counter() - start
+    return responses, (logps.to(model.device) if record_logprobs else None), None, time.perf_counter() - start
 
 
 def generate_rollout(
@@ -341,6 +349,7 @@ def generate_rollout(
     generation_batch_size: int | None = None,
     record_logprobs: bool = False,
     seed: int | None = None,
+    record_hidden: bool = False,
 ) -> Rollout:
     """Sample `group_size` responses for each rendered (already chat-templated) prompt.
 
@@ -353,14 +362,18 @@ def generate_rollout(
         max_context: Context limit for prompt + response; default the model's max_position_embeddings.
         generation_batch_size: Rows per `generate` call (default: all B·G rows in one call).
         record_logprobs: Keep the sampler's log-probs of the response tokens (`Rollout.sampled_logprobs`).
+        record_hidden: Keep the output head's input at each response token (`Rollout.sampled_hidden`; native engine).
         seed: The vLLM engine's seed for this call (each row's request seed derives from it and the row);
             default one drawn from torch's RNG. The native and generate engines draw from torch's RNG.
 
     Raises:
-        ValueError: a prompt is empty or, with max_new_tokens, longer than the context.
+        ValueError: a prompt is empty or, with max_new_tokens, longer than the context; `record_hidden` with an
+            engine other than native.
     """
     if group_size < 1 or not prompts:
         raise ValueError(f"need at least one prompt and group_size >= 1, got {len(prompts)} and {group_size}")
+    if record_hidden and sampling.engine != "native":
+        raise ValueError(f"record_hidden: only the native engine records head inputs, not {sampling.engine}")
     encoded: list[list[int]] = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     context = max_context or model.config.max_position_embeddings
     _check_context([len(ids) for ids in encoded], sampling.max_new_tokens, context)
@@ -370,9 +383,9 @@ def generate_rollout(
 
     if seed is None:
         seed = int(torch.randint(2**31 - 1, ())) if sampling.engine == "vllm" else 0
-    response_ids, sampled, seconds = _generate_all(
-        model, rows, sampling, eos_ids, pad_id, generation_batch_size, record_logprobs, seed, max_context
-    )  # [N, L], [N, L] | None
+    response_ids, sampled, hidden, seconds = _generate_all(
+        model, rows, sampling, eos_ids, pad_id, generation_batch_size, record_logprobs, seed, max_context, record_hidden
+    )  # [N, L], [N, L] | None, [N, L, H] | None
     response_mask, truncated = response_mask_from_ids(response_ids, eos_ids)  # [N, L], [N]
     prompt_ids, prompt_mask = left_pad(rows, pad_id, response_ids.device)  # [N, P], [N, P]
     lengths = response_mask.sum(dim=1)  # [N]
@@ -390,4 +403,5 @@ def generate_rollout(
         texts=texts,
         generation_seconds=seconds,
         sampled_logprobs=None if sampled is None else sampled * response_mask,  # [N, L]
+        sampled_hidden=None if hidden is None else hidden.masked_fill_(response_mask[..., None] == 0, 0),  # [N, L, H]
     )

@@ -137,6 +137,7 @@ class SamplingSteps:
     max_context: int | None
     generation_batch_size: int | None
     sampler_records_old_logprobs: bool
+    sampler_gives_delta: bool
     run_seed: int | None
 
     def reward_specs(self) -> list[RewardSpec]:
@@ -196,8 +197,9 @@ class SamplingSteps:
             max_context=self.max_context, generation_batch_size=self.generation_batch_size,
             # With vLLM the sampler's log-probs come free; the mismatch metrics and its correction read them.
             record_logprobs=self.sampler_records_old_logprobs or self.sampling.engine == "vllm"
-            or self.method.correction[0] != "none",
+            or self.method.correction[0] != "none" or self.sampler_gives_delta,
             seed=step_seed(self.seed_of_run(), self.global_step, self.global_rank, round_index),
+            record_hidden=self.sampler_gives_delta,  # DelTA's h at μ = 1 (delta_step.py)
         )
         return rollout, [q for q in batch for _ in range(self.group_size)]
 

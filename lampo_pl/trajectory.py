@@ -141,8 +141,9 @@ def select_groups(rollouts: list[Rollout], groups: list[tuple[int, int]], group_
             response_lengths=r.response_lengths[rows], truncated=r.truncated[rows], texts=r.texts[rows],
             generation_seconds=r.generation_seconds,
             sampled_logprobs=None if r.sampled_logprobs is None else _pad(r.sampled_logprobs[rows], 0, right),
+            sampled_hidden=None if r.sampled_hidden is None else _pad(r.sampled_hidden[rows], 0, right),
         ))  # fmt: skip
-    logps = [q.sampled_logprobs for q in parts]
+    logps, hidden = [q.sampled_logprobs for q in parts], [q.sampled_hidden for q in parts]
     return Rollout(
         input_ids=torch.cat([q.input_ids for q in parts]),  # [N, P+L]
         attention_mask=torch.cat([q.attention_mask for q in parts]),  # [N, P+L]
@@ -153,9 +154,10 @@ def select_groups(rollouts: list[Rollout], groups: list[tuple[int, int]], group_
         texts=[t for q in parts for t in q.texts],
         generation_seconds=sum(r.generation_seconds for r in rollouts),
         sampled_logprobs=None if any(x is None for x in logps) else torch.cat(logps),  # type: ignore[arg-type]
+        sampled_hidden=None if any(x is None for x in hidden) else torch.cat(hidden),  # type: ignore[arg-type]
     )
 
 
 def _pad(x: Tensor, left: int, right: int) -> Tensor:
-    """Zero columns on both sides of ``[n, w]`` -> ``[n, left + w + right]``."""
-    return torch.nn.functional.pad(x, (left, right))
+    """Zero columns on both sides of ``[n, w]`` -> ``[n, left + w + right]`` (of ``[n, w, H]`` likewise)."""
+    return torch.nn.functional.pad(x, (0, 0) * (x.dim() - 2) + (left, right))

@@ -122,8 +122,8 @@ def test_greedy_decode_equals_generate_bit_for_bit(arch: str, merge: bool) -> No
                                       min_new_tokens=min_new, eos_token_id=eos, pad_token_id=pad,
                                       repetition_penalty=1.0)[:, ids.shape[1]:]  # fmt: skip
             with merged_adapter(model) if merge else torch.no_grad():
-                tokens, _ = decode(model, ids, mask, max_new_tokens=12, min_new_tokens=min_new, temperature=0.0,
-                                   top_k=0, top_p=1.0, eos_ids=eos, pad_id=pad)  # fmt: skip
+                tokens = decode(model, ids, mask, max_new_tokens=12, min_new_tokens=min_new, temperature=0.0,
+                                top_k=0, top_p=1.0, eos_ids=eos, pad_id=pad).tokens  # fmt: skip
         assert torch.equal(tokens, expected), (arch, questions, min_new)
         ended_early |= bool(torch.isin(expected[:, :-1], torch.tensor(eos)).any())
         if min_new:

@@ -178,18 +178,28 @@ def count_teacher_forced_passes(module: LamPOModule) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize(("estimator", "iters", "extra"), [("grpo", 2, 0), ("lampo", 2, 0), ("grpo", 1, 2)])
-def test_delta_takes_its_features_from_the_pi_old_pass(estimator: str, iters: int, extra: int) -> None:
-    """DelTA on vs off: the same teacher-forced forwards at μ > 1 (π_old runs anyway). At μ = 1 the μ = 1 identity
-    skips π_old; DelTA runs that one no-grad pass (2 micro-batches here), not the reference's K + 3."""
+@pytest.mark.parametrize(
+    ("estimator", "iters", "engine", "extra"),
+    [("grpo", 2, "native", 0), ("lampo", 2, "native", 0), ("grpo", 1, "native", 0), ("lampo", 1, "native", 0),
+     ("grpo", 1, "generate", 2), ("lampo", 1, "generate", 2)],
+)  # fmt: skip
+def test_delta_takes_its_features_from_a_pass_the_step_runs(
+    estimator: str, iters: int, engine: str, extra: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DelTA on vs off: the same teacher-forced forwards at μ > 1 (π_old runs anyway) and at μ = 1 with the native
+    sampler (h and p recorded while decoding). Only a sampler without head inputs (``generate``) at μ = 1 costs the
+    one no-grad π_old pass the μ = 1 identity skips (2 micro-batches here), said in one line at set-up."""
     counts = []
     for delta in (False, True):
         module = make(estimator, beta=0.0, iters=iters, delta=delta)
+        module.sampling = replace(module.sampling, engine=engine)  # type: ignore[arg-type]
         module.configure_model()
         calls = count_teacher_forced_passes(module)
+        caplog.clear()
         fit(module, steps=1)
         counts.append(len(calls))
     assert counts[1] == counts[0] + extra, counts
+    assert ("one extra no-grad π_old forward" in caplog.text) == bool(extra), caplog.text
 
 
 class SpyLoss(ScriptedReward):
