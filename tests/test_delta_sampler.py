@@ -50,8 +50,9 @@ def test_decode_records_the_teacher_forced_head_input(merge: bool) -> None:
             if "lora_B.policy" in name:
                 param.normal_(0, 0.2)  # a policy adapter that matters: merged and unmerged sampling must agree
     sampling = SamplingParams(temperature=1.0, max_new_tokens=12, merge_lora=merge)
+    questions = ("What is 2 + 2?", "Name 3 colours.")
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                             add_generation_prompt=True) for q in ("What is 2 + 2?", "Name 3 colours.")]  # fmt: skip
+                                             add_generation_prompt=True) for q in questions]  # fmt: skip
     widths = set()
     for seed in range(4):  # until the chunks' own widths differ (each call stops when all its rows ended)
         torch.manual_seed(seed)
@@ -103,7 +104,7 @@ def test_step_at_mu1_gives_the_delta_advantages_of_a_teacher_forced_pass(
     seen = spy_on_delta(monkeypatch)
     module = make(estimator, beta=0.0, lr=0.0, delta=True, cls=SeenTrajectory)
     module.sampling = replace(module.sampling, temperature=temperature)
-    module.rounds = [MIXED + [1.0, 0.0, 0.0, 0.0]]
+    module.rounds = [[*MIXED, 1.0, 0.0, 0.0, 0.0]]
     module.configure_model()
     _boost_eos(module.policy_model, stop_token_ids(module.policy_model, module.tokenizer)[0])  # ragged responses
     fit(module, steps=1)
