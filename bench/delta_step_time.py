@@ -1,10 +1,13 @@
 """What DelTA (model.method.delta) adds to a training step, measured piece by piece in one process.
 
-DelTA adds (a) at μ = 1 only, the no-grad π_old pass that the μ = 1 identity otherwise skips; (b) the
-forward pre-hook on the output head during that pass and the placement of its inputs as ``[N, L, H]``;
-(c) ``delta_advantages``. Each is timed here against the loss pass (forward + backward of the same batch),
-alternating, medians of ``--repeats``. Setting as bench/step_time.py: ``tiny:qwen3`` (2 layers, hidden 64,
-1,024-token vocabulary), G = 8, B = 4, 32 new tokens, LoRA r = 8, one micro-batch of 32, one thread.
+DelTA adds (a) at μ = 1 with the native engine, the head inputs the decode loop keeps while sampling
+(``record_hidden``: a copy of ``[n, H]`` per decode step, then ``[N, L, H]``); (b) at μ > 1, the forward
+pre-hook on the output head during the π_old pass and the placement of its inputs as ``[N, L, H]``;
+(c) ``delta_advantages``. At μ = 1 with the ``generate`` / ``vllm`` engines (and before issue 22's last
+point, with every engine) it also costs the no-grad π_old pass the μ = 1 identity otherwise skips. Each is
+timed here against the loss pass (forward + backward of the same batch) and the rollout, alternating,
+medians of ``--repeats``. Setting as bench/step_time.py: ``tiny:qwen3`` (2 layers, hidden 64, 1,024-token
+vocabulary), G = 8, B = 4, 32 new tokens, LoRA r = 8, one micro-batch of 32, one thread.
 
     PYTHONPATH=. .venv/bin/python bench/delta_step_time.py     # ~1 min
 """
@@ -22,7 +25,7 @@ from lampo_pl.data.datamodule import ProblemDataModule
 from lampo_pl.delta import delta_advantages
 from lampo_pl.delta_step import head_inputs, place_hidden
 from lampo_pl.module import LamPOModule
-from lampo_pl.rollout import SamplingParams
+from lampo_pl.rollout import SamplingParams, generate_rollout
 from lampo_pl.settings import ComputeArgs, LoraArgs, MethodArgs
 from lampo_pl.trajectory import Trajectory
 
@@ -72,8 +75,14 @@ def main() -> None:
     def statistics_only() -> None:
         delta_advantages(advantages, hidden[0], old_logp, traj.loss_mask)
 
+    def rollout_pass(record_hidden: bool) -> Callable[[], object]:
+        prompts = module.render(problems)
+        return lambda: generate_rollout(module.policy_model, module.tokenizer, prompts, 8, module.sampling,  # type: ignore[arg-type]
+                                        record_logprobs=True, record_hidden=record_hidden)  # fmt: skip
+
     pieces = {"loss pass (fwd + bwd)": loss_pass, "π_old pass": old_pass, "π_old pass + hook + placement":
-              hooked_old_pass, "delta_advantages": statistics_only}  # fmt: skip
+              hooked_old_pass, "delta_advantages": statistics_only, "rollout (native)": rollout_pass(False),
+              "rollout (native, record_hidden)": rollout_pass(True)}  # fmt: skip
     times: dict[str, list[float]] = {name: [] for name in pieces}
     for _ in range(args.repeats):
         for name, function in pieces.items():
@@ -83,8 +92,10 @@ def main() -> None:
     for name, value in med.items():
         print(f"{name:32s} {value * 1e3:8.2f} ms")
     arithmetic = med["π_old pass + hook + placement"] - med["π_old pass"] + med["delta_advantages"]
+    recorded = med["rollout (native, record_hidden)"] - med["rollout (native)"] + med["delta_advantages"]
     print(f"DelTA at μ > 1 (hook, placement, statistics): {arithmetic * 1e3:.2f} ms")
-    print(f"DelTA at μ = 1 (+ the π_old pass): {(arithmetic + med['π_old pass']) * 1e3:.2f} ms")
+    print(f"DelTA at μ = 1, native (recording while sampling, statistics): {recorded * 1e3:.2f} ms")
+    print(f"DelTA at μ = 1, generate / vllm (+ the π_old pass): {(arithmetic + med['π_old pass']) * 1e3:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -23,8 +23,7 @@ How this differs from a plain `model.generate` call and why:
    anyway; with ``generate()`` they cost one log-softmax over [n, V] per token. They agree with
    `token_logprobs` on the same tokens up to float rounding (the KV-cache path sums in another
    order; tests pin 1e-4).
-8. On request (`record_hidden`, native engine only) the output head's input at each sampled token's
-   position is kept too (`decode.py`): DelTA's h at μ = 1 without a teacher-forced pass (issue 22).
+8. On request (`record_hidden`, native engine) the head's input per token too: DelTA's h at μ = 1 (`decode.py`).
 """
 
 from __future__ import annotations
@@ -367,8 +366,7 @@ def generate_rollout(
             default one drawn from torch's RNG. The native and generate engines draw from torch's RNG.
 
     Raises:
-        ValueError: a prompt is empty or, with max_new_tokens, longer than the context; `record_hidden` with an
-            engine other than native.
+        ValueError: a prompt is empty or too long for the context; `record_hidden` with an engine but native.
     """
     if group_size < 1 or not prompts:
         raise ValueError(f"need at least one prompt and group_size >= 1, got {len(prompts)} and {group_size}")
