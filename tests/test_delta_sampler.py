@@ -14,7 +14,9 @@ from test_module import MIXED, UNIFORM, RoundRewards, fit, make  # tests/ is on 
 from test_rollout import _boost_eos
 
 import lampo_pl.delta_step as delta_step
+import lampo_pl.preflight as preflight
 from lampo_pl.logprobs import position_ids_from_mask, token_logprobs
+from lampo_pl.module import LamPOModule
 from lampo_pl.policy import load_policy
 from lampo_pl.rollout import Rollout, SamplingParams, generate_rollout, stop_token_ids
 from lampo_pl.trajectory import Trajectory
@@ -136,3 +138,30 @@ def test_dapo_refill_rounds_keep_hidden_states_row_for_row(monkeypatch: pytest.M
     _, logp = teacher_forced(module.policy_model, traj.input_ids, traj.attention_mask, traj.prompt_len)
     mask = traj.response_mask.bool()
     torch.testing.assert_close(seen["logp"][mask], logp[mask], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("engine", "old_passes"), [("native", 0), ("generate", 2)])
+def test_preflight_runs_what_the_step_runs(engine: str, old_passes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DelTA at μ = 1: with the native sampler the preflight holds the ``[B·G, L, H]`` head inputs beside the KV
+    cache and runs no π_old pass, as the step; with ``generate`` it runs the step's π_old pass (once in each)."""
+    kept: list[bool] = []
+    original_fill = preflight.fill_kv_cache
+
+    def fill(*args: Any) -> None:
+        kept.append(bool(args[4]))
+        original_fill(*args)
+
+    old: list[int] = []
+    original_pass = LamPOModule.logprobs_no_grad
+
+    def counting(self: LamPOModule, traj: Trajectory) -> torch.Tensor:
+        old.append(1)
+        return original_pass(self, traj)
+
+    monkeypatch.setattr(preflight, "fill_kv_cache", fill)
+    monkeypatch.setattr(LamPOModule, "logprobs_no_grad", counting)
+    module = make("grpo", beta=0.0, delta=True)
+    module.sampling = replace(module.sampling, engine=engine)  # type: ignore[arg-type]
+    module.compute = replace(module.compute, preflight=True)
+    fit(module, steps=1)
+    assert kept == [engine == "native"] and len(old) == old_passes
