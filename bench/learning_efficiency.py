@@ -27,11 +27,12 @@ import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
-from lampo_pl.ablation import PRESETS, load_results, method_preset, preset, run_ablation, summarise, to_csv, to_markdown
-from lampo_pl.ablation.inference import family, family_markdown, interaction_differences, power_markdown
-from lampo_pl.ablation.provenance import machine, versions, versions_report
+from lampo_pl.ablation import PRESETS, load_results, method_preset, preset, run_ablation, summarise, to_csv
+from lampo_pl.ablation.inference import interaction_differences
+from lampo_pl.ablation.provenance import machine, versions
+from lampo_pl.ablation.report import report_markdown
 from lampo_pl.ablation.settings import UNAVAILABLE, AblationSettings
-from lampo_pl.ablation.summary import grader_failures, paired_csv, paired_differences, paired_markdown
+from lampo_pl.ablation.summary import paired_csv, paired_differences
 
 OVERRIDABLE = ("model", "steps", "prompts_per_step", "group_size", "max_new_tokens", "temperature", "lr",
                "lora_r", "density_weight", "eval_every", "eval_problems", "eval_k", "threshold", "smooth",
@@ -109,40 +110,11 @@ def run_all(settings: AblationSettings, out: Path, reuse_any_version: bool) -> l
 
 
 def report(settings: AblationSettings, results: list, out: Path, name: str, wall: float) -> None:  # type: ignore[type-arg]
-    rows = summarise(results, settings)
+    table = report_markdown(results, settings)
     versus = paired_differences(results, settings)
     density = paired_differences(results, settings, against="binary")
     interactions = interaction_differences(results, settings)
-    table = to_markdown(rows, settings)
-    table += f"\nPaired differences, arm minus reference, per seed: mean [95 % t interval] over seeds, unadjusted " \
-             f"(bold: the interval excludes 0).\n\n{paired_markdown(versus, settings)}"
-    if density:
-        table += f"\nThe density reward's effect (same method with and without ROUGE-L), unadjusted:\n\n" \
-                 f"{paired_markdown(density, settings)}"
-    cells = family([*versus, *density])
-    table += (f"\n### Corrected for {len(cells)} comparisons (Holm)\n\nThe family: every cell above, i.e. each arm "
-              f"minus its reference{' and each density effect' if density else ''} × 3 outcomes "
-              f"({len(versus) + len(density)} rows × 3 = {len(cells)} cells; cells with fewer than 2 seeds are "
-              f"left out). p: two-sided paired t-test; the Holm-adjusted interval of the cell ranked j by p has "
-              f"level 1 − 0.05/(m − j + 1) (held at the first unrejected cell's level from there on), so it "
-              f"excludes 0 (bold) exactly when Holm rejects at 0.05 (lampo_pl/ablation/inference.py).\n\n"
-              f"{family_markdown(cells)}")
-    if interactions:
-        inter, base = family(interactions), method_preset(settings.baseline).label
-        table += (f"\n### Does the density reward help one method more than another?\n\nPer seed, (arm + ROUGE-L − "
-                  f"arm) − ({base} + ROUGE-L − {base}): the paired difference-of-"
-                  f"differences; its own Holm family ({len(inter)} cells).\n\n{family_markdown(inter)}")
-        cells += inter
-    table += (f"\n### Power\n\nPer comparison: the sample SD (ddof = 1) of its per-seed differences, the mean "
-              f"difference a two-sided paired t-test at 0.05 detects with 80 % power with the seeds run, and the "
-              f"seeds needed to detect 0.02 (noncentral t; unadjusted).\n\n{power_markdown(cells)}")
-    mixed, lines = versions_report([r.provenance for r in results])
-    verdict = ("**Mixed or unknown code versions: these runs were not all made by the same code.**" if mixed
-               else "Every run was made by the same code.")
-    table += f"\n### Code versions\n\n{verdict}\n\n{lines}"
-    if failed := grader_failures(results):
-        table += (f"\nGrader failures (samples scored 0 because math-verify timed out or failed; re-run these runs): "
-                  f"{failed}\n")
+    rows = summarise(results, settings)
     (out / "table.md").write_text(table)
     (out / "table.csv").write_text(to_csv(rows))
     (out / "paired.csv").write_text(paired_csv([*versus, *density, *interactions]))

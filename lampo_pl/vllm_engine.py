@@ -202,6 +202,12 @@ class VllmEngine:
         extra: dict[str, Any] = {}
         if sync == "lora":
             extra.update(enable_lora=True, max_lora_rank=served_lora_rank(lora_rank or 1), max_loras=1)
+        if not self.on_cuda:
+            # No chunked prefill on CPU: vLLM rewinds a partly prefilled request's seeded generator by an offset,
+            # which a CPU torch.Generator lacks ("CPU Generator does not use offset", gpu_model_runner.py
+            # _bookkeeping_sync), so any call whose prompts exceed one step's token budget (4,096 on CPU) crashed.
+            # Without it a prompt waits for the next step whole; the draws are the same (tests/test_vllm.py).
+            extra["enable_chunked_prefill"] = False
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # DDP: one engine per rank inside the trainer's process group, as TRL's colocate mode starts it
             # (trl/generation/vllm_generation.py), each a tensor-parallel group of one.

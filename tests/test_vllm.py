@@ -187,3 +187,19 @@ def test_with_top_k_the_engines_log_probs_are_the_truncated_distributions(policy
     mask = rollout.response_mask.bool()
     assert (teacher - rollout.sampled_logprobs)[mask].abs().max() > 1e-3  # truncated: not π's own log-probs
     assert ((teacher - rollout.sampled_logprobs).exp() - kept)[mask].abs().max() < 1e-4
+
+
+@needs_vllm
+def test_prompts_over_one_steps_token_budget_sample_with_seeds(policy: tuple) -> None:
+    """More prompt tokens in one call than vLLM's CPU step budget (4,096): a seeded request used to be
+    prefilled in chunks and crash on the CPU generator's offset (the smollm2-resolution evaluation, 256 rows)."""
+    model, tokenizer = policy
+    questions = [f"Problem {i}: " + f"what is {i} plus {2 * i}? " * 30 for i in range(24)]  # distinct: no prefix cache
+    long = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+            for q in questions]  # fmt: skip
+    width = min(len(tokenizer(p, add_special_tokens=False).input_ids) for p in long)
+    assert len(long) * width > 4096  # prompt tokens of one call: over one step's budget
+    many = generate_rollout(model, tokenizer, long, 2, _sampling(max_new_tokens=4), seed=5).response_ids
+    alone = generate_rollout(model, tokenizer, long[:1], 2, _sampling(max_new_tokens=4), seed=5).response_ids
+    assert many.shape[0] == 48
+    assert torch.equal(alone, many[:2, : alone.shape[1]])  # the first prompt's draws, batched or alone
