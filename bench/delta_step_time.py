@@ -22,8 +22,9 @@ from collections.abc import Callable
 import torch
 
 from lampo_pl.data.datamodule import ProblemDataModule
+from lampo_pl.decode import head_inputs
 from lampo_pl.delta import delta_advantages
-from lampo_pl.delta_step import head_inputs, place_hidden
+from lampo_pl.delta_step import place_hidden
 from lampo_pl.module import LamPOModule
 from lampo_pl.rollout import SamplingParams, generate_rollout
 from lampo_pl.settings import ComputeArgs, LoraArgs, MethodArgs

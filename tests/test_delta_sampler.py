@@ -22,8 +22,9 @@ from lampo_pl.rollout import Rollout, SamplingParams, generate_rollout, stop_tok
 from lampo_pl.trajectory import Trajectory
 
 
-def teacher_forced(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
-                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def teacher_forced(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(h [N, L, H]: ``hidden_states[-1]`` at the positions that predict the response, log π [N, L]), eval mode."""
     model.eval()
     with torch.no_grad():
