@@ -384,3 +384,23 @@ def test_report_only_redraws_every_committed_preset_exactly_without_training(
         assert (out / "table.md").read_text() == (results / name / "table.md").read_text(), name
         assert (out / "paired.csv").read_text() == (results / name / "paired.csv").read_text(), name
         assert (out / "differences.png").stat().st_size > 0
+
+
+def test_contrasts_add_paired_rows_between_two_arms_to_the_same_family() -> None:
+    """``contrasts``: LamPO minus DelTA seed by seed, a row beside the baseline's and a cell of the same Holm family."""
+    aucs = {"grpo": [0.2, 0.3, 0.1], "lampo": [0.4, 0.5, 0.2], "delta": [0.3, 0.2, 0.3]}
+    runs = [result(m, seed, [a], [0.5]) for m, seeds in aucs.items() for seed, a in enumerate(seeds)]
+    settings = replace(preset("tiny"), methods=("grpo", "lampo", "delta"), seeds=(0, 1, 2), steps=1,
+                       contrasts=(("lampo", "delta"),))
+    rows = paired_differences(runs, settings)
+    assert [(r.method, r.reference) for r in rows] == [("lampo", "grpo"), ("delta", "grpo"), ("lampo", "delta")]
+    by_hand = [a - b for a, b in zip(aucs["lampo"], aucs["delta"], strict=True)]
+    oracle = stats.ttest_1samp(by_hand, 0.0).confidence_interval(0.95)
+    assert rows[2].auc.mean == pytest.approx(np.mean(by_hand))
+    assert (rows[2].auc.low, rows[2].auc.high) == pytest.approx((oracle.low, oracle.high))
+    assert len(family(rows)) == 9  # 3 rows × 3 outcomes, one family
+    assert replace(settings, contrasts=(("lampo", "grpo"),)).run_identity() == settings.run_identity()
+    assert len(paired_differences(runs, replace(settings, contrasts=(("lampo", "grpo"),)))) == 2  # no duplicate
+    with pytest.raises(ValueError, match="contrast"):
+        replace(settings, contrasts=(("lampo", "dapo"),))
+    assert preset("smollm2-resolution").contrasts == (("lampo", "delta"),)

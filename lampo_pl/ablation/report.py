@@ -30,8 +30,11 @@ def report_markdown(results: Sequence[RunResult], settings: AblationSettings) ->
         table += f"\nThe density reward's effect (same method with and without ROUGE-L), unadjusted:\n\n" \
                  f"{paired_markdown(density, settings)}"
     cells = family([*versus, *density])
+    contrasts = [f"{r.label} − {r.reference_label}" for r in versus if (r.method, r.reference) in settings.contrasts]
+    also = (f", the contrasts ({', '.join(contrasts)})" if contrasts else "") + (
+        " and each density effect" if density else "")
     table += (f"\n### Corrected for {len(cells)} comparisons (Holm)\n\nThe family: every cell above, i.e. each arm "
-              f"minus its reference{' and each density effect' if density else ''} × 3 outcomes "
+              f"minus its reference{also} × 3 outcomes "
               f"({len(versus) + len(density)} rows × 3 = {len(cells)} cells; cells with fewer than 2 seeds are "
               f"left out). p: two-sided paired t-test; the Holm-adjusted interval of the cell ranked j by p has "
               f"level 1 − 0.05/(m − j + 1) (held at the first unrejected cell's level from there on), so it "

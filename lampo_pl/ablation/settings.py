@@ -42,6 +42,8 @@ class AblationSettings:
         dtype: Weights / compute dtype (``model.lora.dtype``).
         methods: Arms, in plotting order: ``<base>[+rouge][@field=value]`` (``lampo_pl.ablation.methods``).
         baseline: The arm every other is compared with, seed by seed (``+rouge`` arms with ``baseline+rouge``).
+        contrasts: Further paired comparisons ``(arm, reference)`` between two of ``methods``, e.g.
+            ``(("lampo", "delta"),)``: rows of the same tables and the same Holm family as the baseline's.
         seeds: Paired seeds: one run per method per seed; a seed fixes the training-prompt order, the LoRA
             initialisation and every sample, the same for all methods.
         steps: Training steps per run (rollout batches; μ = 1 in every preset).
@@ -74,6 +76,7 @@ class AblationSettings:
     dtype: str = "float32"
     methods: tuple[str, ...] = ("grpo", "dr_grpo", "dapo", "lambda_grpo", "lampo", "lampo+rouge")
     baseline: str = "grpo"
+    contrasts: tuple[tuple[str, str], ...] = ()
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     steps: int = 80
     prompts_per_step: int = 4
@@ -102,6 +105,9 @@ class AblationSettings:
     def __post_init__(self) -> None:
         for name in (*self.methods, self.baseline):
             method_preset(name)
+        if bad := [pair for pair in self.contrasts if len(pair) != 2 or not set(pair) <= set(self.methods)
+                   or pair[0] == pair[1]]:  # fmt: skip
+            raise ValueError(f"each contrast is (arm, reference), two different arms of methods; got {bad}")
         positive = ("steps", "prompts_per_step", "group_size", "max_new_tokens", "micro_batch_size", "eval_problems",
                     "eval_k", "smooth", "workers", "threads_per_run", "lora_r")
         if bad := [f"{n}={getattr(self, n)}" for n in positive if getattr(self, n) < 1]:
@@ -113,7 +119,7 @@ class AblationSettings:
 
     def run_identity(self) -> dict[str, Any]:
         """The fields a run's numbers depend on (not how many run in parallel): resumed runs must match them."""
-        skip = {"methods", "baseline", "seeds", "workers", "threshold", "smooth"}
+        skip = {"methods", "baseline", "contrasts", "seeds", "workers", "threshold", "smooth"}
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in skip}
 
 
@@ -150,7 +156,7 @@ UNAVAILABLE: dict[str, str] = {}
 try:
     PRESETS["smollm2-resolution"] = replace(
         PRESETS["smollm2"], methods=RESOLUTION_ARMS, seeds=tuple(range(24)), eval_every=10, eval_problems=64,
-        eval_k=4, track_kl=False,
+        eval_k=4, track_kl=False, contrasts=(("lampo", "delta"),),  # the two same-day credit-assignment methods
     )
 except ValueError as err:  # an arm not yet in ablation/methods.py (DelTA and GSPO land separately)
     UNAVAILABLE["smollm2-resolution"] = str(err)

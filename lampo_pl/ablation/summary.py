@@ -315,18 +315,21 @@ def paired_differences(
 
     ``against="baseline"``: the reference is ``settings.baseline`` under the same reward (``+rouge``
     kept). ``against="binary"``: each ``+rouge`` arm against the same method without the density reward.
-    Arms whose reference did not run (or is the arm itself) get no row.
+    Arms whose reference did not run (or is the arm itself) get no row. With ``against="baseline"`` the
+    ``settings.contrasts`` pairs follow the baseline's rows (e.g. LamPO minus DelTA).
     """
     if against not in ("baseline", "binary"):
         raise ValueError(f"against must be 'baseline' or 'binary', got {against!r}")
-    rows = []
+    pairs_asked: list[tuple[str, str]] = []
     for arm in settings.methods:
         if against == "baseline":
-            reference = reference_arm(arm, settings.baseline)
+            pairs_asked.append((arm, reference_arm(arm, settings.baseline)))
         elif method_preset(arm).density:
-            reference = binary_arm(arm)
-        else:
-            continue
+            pairs_asked.append((arm, binary_arm(arm)))
+    if against == "baseline":
+        pairs_asked += [pair for pair in settings.contrasts if pair not in pairs_asked]
+    rows = []
+    for arm, reference in pairs_asked:
         if reference == arm or reference not in settings.methods:
             continue
         matched = paired_runs(results, arm, reference, settings.seeds)
