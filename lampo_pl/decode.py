@@ -155,50 +155,33 @@ def decode(
     row has ended or at `max_new_tokens`. The model is called as it is (train / eval mode is the caller's).
     """
     with head_inputs(model, last=True) if record_hidden else nullcontext([]) as heads:
-        tokens, logps, ended_at = _decode_loop(model, input_ids, attention_mask, max_new_tokens, min_new_tokens,
-                                               temperature, top_k, top_p, eos_ids, pad_id)  # fmt: skip
+        cache = cache_argument(model)
+        n = input_ids.shape[0]
+        positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)  # [n, p]
+        mask: Tensor | None = None if bool(attention_mask.all()) else attention_mask  # as generate: no padding, no mask
+        eos = torch.tensor(eos_ids, device=input_ids.device)  # [e]
+        ended = torch.zeros(n, dtype=torch.bool, device=input_ids.device)  # [n]
+        tokens, logps, before = [], [], []
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        step_positions = positions[:, -1:]  # [n, 1]
+        for t in range(max_new_tokens):
+            banned = eos if t < min_new_tokens else None
+            token, logp = next_tokens(out.logits[:, -1].float(), temperature, top_k, top_p, banned)  # [n], [n]
+            tokens.append(token.masked_fill(ended, pad_id))
+            logps.append(logp.masked_fill(ended, 0.0))
+            before.append(ended.clone())
+            ended |= torch.isin(token, eos)
+            if t + 1 == max_new_tokens or bool(ended.all()):
+                break
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(n, 1)], dim=1)  # [n, p+t+1]
+            step_positions = step_positions + 1
+            out = model(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=step_positions,
+                        use_cache=True, logits_to_keep=1, **{cache: out[cache]})  # fmt: skip
+    sampled, logprobs = torch.stack(tokens, dim=1), torch.stack(logps, dim=1)  # [n, l], [n, l]
     if not record_hidden:
-        return Decoded(tokens, logps, None)
-    if len(heads) != tokens.shape[1]:
-        raise RuntimeError(f"the output head ran {len(heads)} times for {tokens.shape[1]} decode steps")
+        return Decoded(sampled, logprobs, None)
+    if len(heads) != sampled.shape[1]:
+        raise RuntimeError(f"the output head ran {len(heads)} times for {sampled.shape[1]} decode steps")
     hidden = torch.stack(heads, dim=1)  # [n, l, H]
-    return Decoded(tokens, logps, hidden.masked_fill_(ended_at[:, :, None], 0))
-
-
-def _decode_loop(
-    model: nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    max_new_tokens: int,
-    min_new_tokens: int,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    eos_ids: list[int],
-    pad_id: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``decode``'s loop -> tokens [n, l], log-probs [n, l], and [n, l] bool: the row had ended before step t."""
-    cache = cache_argument(model)
-    n = input_ids.shape[0]
-    positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)  # [n, p]
-    mask: Tensor | None = None if bool(attention_mask.all()) else attention_mask  # as generate: no padding, no mask
-    eos = torch.tensor(eos_ids, device=input_ids.device)  # [e]
-    ended = torch.zeros(n, dtype=torch.bool, device=input_ids.device)  # [n]
-    tokens, logps, before = [], [], []
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    step_positions = positions[:, -1:]  # [n, 1]
-    for t in range(max_new_tokens):
-        banned = eos if t < min_new_tokens else None
-        token, logp = next_tokens(out.logits[:, -1].float(), temperature, top_k, top_p, banned)  # [n], [n]
-        tokens.append(token.masked_fill(ended, pad_id))
-        logps.append(logp.masked_fill(ended, 0.0))
-        before.append(ended.clone())
-        ended |= torch.isin(token, eos)
-        if t + 1 == max_new_tokens or bool(ended.all()):
-            break
-        if mask is not None:
-            mask = torch.cat([mask, mask.new_ones(n, 1)], dim=1)  # [n, p+t+1]
-        step_positions = step_positions + 1
-        out = model(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=step_positions,
-                    use_cache=True, logits_to_keep=1, **{cache: out[cache]})  # fmt: skip
-    return torch.stack(tokens, dim=1), torch.stack(logps, dim=1), torch.stack(before, dim=1)  # [n, l] each
+    return Decoded(sampled, logprobs, hidden.masked_fill_(torch.stack(before, dim=1)[:, :, None], 0))  # 0 once ended
