@@ -404,3 +404,17 @@ def test_contrasts_add_paired_rows_between_two_arms_to_the_same_family() -> None
     with pytest.raises(ValueError, match="contrast"):
         replace(settings, contrasts=(("lampo", "dapo"),))
     assert preset("smollm2-resolution").contrasts == (("lampo", "delta"),)
+
+
+def test_report_counts_in_holms_m_only_the_cells_it_tests() -> None:
+    """An arm with one seed has no p-value: its 3 cells are listed but not counted in the header's m."""
+    from lampo_pl.ablation.report import report_markdown
+
+    aucs = {"grpo": [0.2, 0.3, 0.1], "lampo": [0.4, 0.5, 0.2], "delta": [0.3]}
+    runs = [result(m, seed, [a], [0.5, a]) for m, seeds in aucs.items() for seed, a in enumerate(seeds)]
+    settings = replace(preset("tiny"), methods=("grpo", "lampo", "delta"), seeds=(0, 1, 2), steps=1)
+    text = report_markdown(runs, settings)
+    assert "### Corrected for 3 comparisons (Holm)" in text  # LamPO − GRPO × 3 outcomes; DelTA's 3 cells untested
+    assert "(2 rows × 3 = 6 cells; the 3 with fewer than 2 seeds are left out)" in text
+    full = report_markdown([*runs, result("delta", 1, [0.2], [0.5, 0.2])], settings)
+    assert "### Corrected for 6 comparisons (Holm)" in full and "left out" not in full

@@ -203,3 +203,48 @@ def test_prompts_over_one_steps_token_budget_sample_with_seeds(policy: tuple) ->
     alone = generate_rollout(model, tokenizer, long[:1], 2, _sampling(max_new_tokens=4), seed=5).response_ids
     assert many.shape[0] == 48
     assert torch.equal(alone, many[:2, : alone.shape[1]])  # the first prompt's draws, batched or alone
+
+
+ENGINE_LIFETIMES = """
+import gc, sys, weakref
+import torch
+from lampo_pl.policy import load_policy
+from lampo_pl.rollout import SamplingParams, generate_rollout
+from lampo_pl.vllm_engine import _ENGINES, close_engine
+from vllm.model_executor.model_loader.reload.layerwise import LAYERWISE_INFO
+
+model, tokenizer = load_policy(sys.argv[1], lora_r=8, lora_alpha=16)
+prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 3 + 4?"}], tokenize=False,
+                                       add_generation_prompt=True)
+sampling = SamplingParams(engine="vllm", temperature=1.0, max_new_tokens=8)
+draws = []
+for run in range(2):  # two runs in one process, as an ablation worker or a notebook runs them
+    for step in range(2):  # a second sync pushes the changed blocks again
+        with torch.no_grad():
+            next(p for n, p in model.named_parameters() if "lora_B" in n and ".policy." in n).add_(0.1)
+        draws.append(generate_rollout(model, tokenizer, [prompt], 2, sampling, seed=step).response_ids)
+    served = [weakref.ref(m) for m in _ENGINES[model].llm.llm_engine._get_driver_model_for_cleanup().modules()]
+    close_engine(model)
+    gc.collect()
+    alive = sum(ref() is not None for ref in served)
+    assert alive == 0, f"run {run}: {alive} of the engine's {len(served)} layers outlived close_engine"
+    assert not torch.distributed.is_initialized(), "close_engine left vLLM's process group behind"
+    with torch.no_grad():  # the second run starts from the first run's start
+        for n, p in model.named_parameters():
+            if "lora_B" in n and ".policy." in n:
+                p.zero_()
+assert len(LAYERWISE_INFO) == 0, f"{len(LAYERWISE_INFO)} vLLM reload records left"
+assert all(torch.equal(a, b) for a, b in zip(draws[:2], draws[2:], strict=True)), "a restarted engine drew differently"
+print("ok")
+"""
+
+
+@needs_vllm
+def test_a_closed_engine_frees_its_model_and_a_new_one_draws_the_same(tmp_path: Path) -> None:
+    """vLLM's weight-reload records kept a dropped engine's layers alive (~1 GB a run with SmolLM2; the
+    resolution run's workers were OOM-killed after 8 runs). Closed, none of its layers stay, vLLM's process
+    group is gone, and the next engine in the process draws the same samples."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", ENGINE_LIFETIMES, MODEL], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]

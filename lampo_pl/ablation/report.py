@@ -8,6 +8,7 @@ family), the power table, and the code versions the runs came from (``provenance
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from lampo_pl.ablation.inference import family, family_markdown, interaction_differences, power_markdown
@@ -33,10 +34,12 @@ def report_markdown(results: Sequence[RunResult], settings: AblationSettings) ->
     contrasts = [f"{r.label} − {r.reference_label}" for r in versus if (r.method, r.reference) in settings.contrasts]
     also = (f", the contrasts ({', '.join(contrasts)})" if contrasts else "") + (
         " and each density effect" if density else "")
-    table += (f"\n### Corrected for {len(cells)} comparisons (Holm)\n\nThe family: every cell above, i.e. each arm "
+    tested = sum(math.isfinite(c.p) for c in cells)  # Holm's m: a cell with fewer than 2 seeds has no p
+    table += (f"\n### Corrected for {tested} comparisons (Holm)\n\nThe family: every cell above, i.e. each arm "
               f"minus its reference{also} × 3 outcomes "
-              f"({len(versus) + len(density)} rows × 3 = {len(cells)} cells; cells with fewer than 2 seeds are "
-              f"left out). p: two-sided paired t-test; the Holm-adjusted interval of the cell ranked j by p has "
+              f"({len(versus) + len(density)} rows × 3 = {len(cells)} cells"
+              + (f"; the {len(cells) - tested} with fewer than 2 seeds are left out" if tested < len(cells) else "")
+              + f"). p: two-sided paired t-test; the Holm-adjusted interval of the cell ranked j by p has "
               f"level 1 − 0.05/(m − j + 1) (held at the first unrejected cell's level from there on), so it "
               f"excludes 0 (bold) exactly when Holm rejects at 0.05 (lampo_pl/ablation/inference.py).\n\n"
               f"{family_markdown(cells)}")
