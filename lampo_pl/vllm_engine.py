@@ -310,7 +310,8 @@ class VllmEngine:
 
         The reload records of its layers go first (`forget_reload_records`): they kept every finished engine's
         layers and KV cache alive, ~1 GB a run in one process (SmolLM2-135M, 1 GiB cache: 3.0 → 5.8 GB
-        resident over 4 runs; 2.7 → 2.8 GB once freed, measured with vLLM's engine shutdown called as well), and the resolution run's workers were OOM-killed.
+        resident over 4 runs; 2.7 → 2.8 GB once freed, measured with vLLM's engine shutdown called as well),
+        and the resolution run's workers were OOM-killed.
         """
         served = getattr(self.llm.llm_engine, "_get_driver_model_for_cleanup", lambda: None)()
         if served is not None:
