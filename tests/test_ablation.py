@@ -122,6 +122,9 @@ def test_curve_and_summary_over_seeds() -> None:
     assert "| GRPO | 1.5 ± 0.7 (2/2) | 0.200 → 0.500 ± 0.141 |" in table and "— (0/1)" in table
     assert "sample SD (ddof = 1)" in table
     assert "| LamPO | — (0/1) | 0.200 → 0.500 |" in table  # one seed: no SD to show
+    assert "| 1.000 | — | 1.00 |" in table and "| 0.500 | 0.1000 | 1.00 |" in table  # GRPO (β > 0) logged no KL
+    dr = summarise([result("dr_grpo", 0, [0.5], [0.2])], replace(settings, methods=("dr_grpo",)))
+    assert "| 0.500 | — (β = 0) |" in to_markdown(dr, settings)  # no KL term: not "nan"
     lines = to_csv(rows).splitlines()
     assert len(lines) == 3 and lines[0].startswith("method,label,seeds,reached")
 

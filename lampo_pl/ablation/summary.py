@@ -214,6 +214,13 @@ def _pm(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
 
 
+def _kl_cell(row: SummaryRow) -> str:
+    """The KL column: arms without a KL term (β = 0) do not compute KL(π_θ ‖ π_ref) at all, so no number."""
+    if not math.isnan(row.final_kl_mean):
+        return f"{row.final_kl_mean:.4f}"
+    return "— (β = 0)" if method_preset(row.method).method.beta == 0 else "—"
+
+
 def to_markdown(rows: Sequence[SummaryRow], settings: AblationSettings) -> str:
     """The per-method table as GitHub Markdown (mean ± sample SD over seeds, said in the header)."""
     k = settings.eval_k
@@ -227,7 +234,7 @@ def to_markdown(rows: Sequence[SummaryRow], settings: AblationSettings) -> str:
             f"| {r.label} | {_pm(r.steps_to_threshold_mean, r.steps_to_threshold_std, 1)} ({r.reached}/{r.seeds}) "
             f"| {r.start_accuracy_mean:.3f} → {_pm(r.final_accuracy_mean, r.final_accuracy_std, 3)} "
             f"| {r.final_pass_at_k_mean:.3f} | {_pm(r.train_auc_mean, r.train_auc_std, 3)} "
-            f"| {r.final_train_accuracy_mean:.3f} | {r.final_kl_mean:.4f} "
+            f"| {r.final_train_accuracy_mean:.3f} | {_kl_cell(r)} "
             f"| {r.seconds_per_step:.2f} |"
         )
     return "\n".join(lines) + "\n"
