@@ -389,6 +389,26 @@ def test_report_only_redraws_every_committed_preset_exactly_without_training(
         assert (out / "differences.png").stat().st_size > 0
 
 
+def test_every_interval_quoted_for_the_resolution_run_is_in_its_committed_table() -> None:
+    """README's Results and docs/results.md's resolution section quote only intervals the report prints (issue 23:
+    numbers a reader can check), so adding seeds without rewriting the prose fails here."""
+    import re
+
+    table = (ROOT / "bench" / "results" / "learning_efficiency" / "smollm2-resolution" / "table.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    results = (ROOT / "docs" / "results.md").read_text()
+    quoted = {
+        "README Results": readme.split("## Results", 1)[1].split("\n## ", 1)[0],
+        "docs/results.md": results.split("### The resolution run", 1)[1].split("\n### ", 1)[0],
+    }
+    interval = re.compile(r"(?:[−+-]\d\.\d+ )?\[[−+-]\d\.\d+, [−+-]\d\.\d+\]")  # "−0.012 [−0.033, +0.008]", "[a, b]"
+    for where, text in quoted.items():
+        found = interval.findall(text)
+        assert found, f"{where} quotes no interval of the resolution run"
+        missing = [i for i in found if i.replace("−", "-") not in table]
+        assert not missing, f"{where} quotes intervals that smollm2-resolution/table.md does not print: {missing}"
+
+
 def test_contrasts_add_paired_rows_between_two_arms_to_the_same_family() -> None:
     """``contrasts``: LamPO minus DelTA seed by seed, a row beside the baseline's and a cell of the same Holm family."""
     aucs = {"grpo": [0.2, 0.3, 0.1], "lampo": [0.4, 0.5, 0.2], "delta": [0.3, 0.2, 0.3]}
