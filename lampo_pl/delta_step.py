@@ -20,7 +20,7 @@ here no forward runs for DelTA itself. Where h and p come from:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -62,12 +62,13 @@ def place_hidden(chunks: list[Tensor], traj: Trajectory, micro_batch_size: int) 
 
 
 class DeltaFeatures:
-    """Filled by ``DeltaSteps.delta_features``; called with the step's advantages it gives what the loss reads."""
+    """Filled by ``DeltaSteps.delta_features``; called with the step's advantages it gives what the loss reads,
+    and keeps DelTA's scale c and the spread of ω in ``stats`` for the step's metrics (``train/delta_*``)."""
 
-    def __init__(self, method: MethodArgs, loss_mask: Tensor, log: Callable[[dict[str, float]], Any]) -> None:
+    def __init__(self, method: MethodArgs, loss_mask: Tensor) -> None:
         self.method = method
         self.loss_mask = loss_mask  # [N, L]
-        self.log = log
+        self.stats: dict[str, float] = {}
         self.hidden: Tensor | None = None  # [N, L, H] once the π_old pass ran, or the sampler's, with DelTA on
         self.sampled_logp: Tensor | None = None  # [N, L] the sampler's log π_old, where h came from the sampler
 
@@ -84,7 +85,7 @@ class DeltaFeatures:
                                weight_min=m.delta_weight_min, weight_max=m.delta_weight_max)  # fmt: skip
         omega = out.weights[self.loss_mask > 0]  # [T]
         spread = float(omega.std()) if omega.numel() > 1 else 0.0
-        self.log({"delta_scale": float(out.scale), "delta_weight_std": spread})
+        self.stats = {"delta_scale": float(out.scale), "delta_weight_std": spread}
         self.hidden = None  # [N, L, H] freed before the loss passes
         return out.advantages.to(advantages.advantages.dtype)  # [N, L]
 
@@ -120,7 +121,7 @@ class DeltaSteps:
         """Around the π_old pass: with ``method.delta`` on, h ``[N, L, H]`` and p from the sampler
         (``sampler_gives_delta``; the rollout hands its ``sampled_hidden`` over, freed before the loss passes), or
         else the head's inputs during the pass, placed as ``[N, L, H]``."""
-        features = DeltaFeatures(self.method, traj.loss_mask, self.log_delta)
+        features = DeltaFeatures(self.method, traj.loss_mask)
         if not self.method.delta:
             yield features
             return
@@ -135,7 +136,3 @@ class DeltaSteps:
         with head_inputs(self.policy_model) as chunks:
             yield features
         features.hidden = place_hidden(chunks, traj, self.compute.micro_batch_size)
-
-    def log_delta(self, values: dict[str, float]) -> None:
-        """DelTA's scale c and the spread of ω, logged as ``train/delta_*``."""
-        self.log_dict({f"train/{k}": v for k, v in values.items()}, on_step=True, batch_size=1)  # type: ignore[attr-defined]

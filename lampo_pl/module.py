@@ -187,7 +187,8 @@ class LamPOModule(DeltaSteps, SamplingSteps, EvaluationSteps, L.LightningModule)
         traj = replace(traj, advantages=delta(advantages, old_logp), old_logprobs=old_logp, ref_logprobs=ref_logp)
         with phases("optimisation"):
             result = self.optimise(traj, sample.problems)
-        metrics = self.log_step(rollout, scored, advantages, result, phases, sample.stats, keep=sample.keep)
+        metrics = self.log_step(rollout, scored, advantages, result, phases, sample.stats, keep=sample.keep,
+                                extra=delta.stats)
         self.last_step = StepRecord.of_step(self.global_step, sample, advantages, metrics)
 
     def loss_mask(self, rollout: Rollout, keep: Tensor) -> Tensor:
@@ -351,15 +352,17 @@ class LamPOModule(DeltaSteps, SamplingSteps, EvaluationSteps, L.LightningModule)
 
     def log_step(
         self, rollout: Rollout, scored: RewardBatch, adv: AdvantageOutput, result: OptimResult, phases: Phases,
-        rounds: SamplingRounds, keep: Tensor | None = None,
+        rounds: SamplingRounds, keep: Tensor | None = None, extra: dict[str, float] | None = None,
     ) -> dict[str, float]:
         """Log the step's scalars under ``train/``; return them without the prefix (NaN ones left out).
 
-        ``keep`` ``[N]``: the rows trained on; the batch's numbers leave dynamic sampling's filler groups out."""
+        ``keep`` ``[N]``: the rows trained on; the batch's numbers leave dynamic sampling's filler groups out.
+        ``extra``: more of the step's scalars (DelTA's ``delta_*``), logged and returned with the rest."""
         metrics = step_metrics(rollout, scored, adv, result, phases, rounds, group_size=self.group_size,
                                skipped_steps=self.skipped_steps, lam=self.lam, keep=keep,
                                dynamic_sampling=self.method.dynamic_sampling)
         metrics.update(self.mismatch.pop())
+        metrics.update(extra or {})
         clean = {k: v for k, v in metrics.items() if not math.isnan(v)}
         bs = len(scored.total)
         self.log_dict({f"train/{k}": v for k, v in clean.items()}, on_step=True, batch_size=bs)

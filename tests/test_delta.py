@@ -255,10 +255,13 @@ def test_step_feeds_the_loss_delta_of_the_estimators_advantage(monkeypatch: pyte
 
 def test_smoke_fit_with_delta_logs_its_scale() -> None:
     for estimator in ("grpo", "lampo"):
-        trainer = fit(make(estimator, beta=0.0, delta=True), steps=2)
+        module = make(estimator, beta=0.0, delta=True)
+        trainer = fit(module, steps=2)
         assert trainer.global_step == 2
         scale = float(trainer.callback_metrics["train/delta_scale"])
         assert math.isfinite(scale) and scale > 0
+        # the step's record (what the ablation's run files and samples keep) holds them too, not only the logger
+        assert module.last_step.metrics["delta_scale"] == scale and "delta_weight_std" in module.last_step.metrics
         assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
 
 
