@@ -12,6 +12,7 @@ import pytest
 import torch
 from test_module import MIXED, UNIFORM, RoundRewards, fit, make  # tests/ is on sys.path under pytest (no package)
 from test_rollout import _boost_eos
+from test_vllm import needs_vllm
 
 import lampo_pl.delta_step as delta_step
 import lampo_pl.preflight as preflight
@@ -115,6 +116,29 @@ def test_step_at_mu1_gives_the_delta_advantages_of_a_teacher_forced_pass(
     h, logp = teacher_forced(module.policy_model, traj.input_ids, traj.attention_mask, traj.prompt_len, temperature)
     mask = traj.response_mask.bool()
     assert bool((~mask).any()), "ragged responses expected"
+    torch.testing.assert_close(seen["hidden"][mask], h[mask], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(seen["logp"][mask], logp[mask], rtol=1e-4, atol=1e-4)
+    expected = seen["original"](seen["adv"], h, logp, seen["mask"], **seen["kw"]).advantages  # [N, L]
+    assert bool((expected[mask] != 0).any())
+    torch.testing.assert_close(seen["out"], expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
+@needs_vllm
+def test_step_with_the_vllm_engine_gives_the_delta_advantages_of_a_teacher_forced_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The resolution run's DelTA arm: vLLM samples (no head inputs), so the step's own no-grad π_old pass feeds
+    DelTA; its h, log π_old and per-token advantages equal an independent teacher-forced pass over the rollout."""
+    seen = spy_on_delta(monkeypatch)
+    module = make("grpo", beta=0.0, lr=0.0, delta=True, cls=SeenTrajectory)
+    module.model_name = "tiny:qwen3-hd32"  # a head_dim vLLM's CPU attention serves (tests/test_vllm.py)
+    module.sampling = replace(module.sampling, engine="vllm")
+    module.rounds = [[*MIXED, 1.0, 0.0, 0.0, 0.0]]
+    assert module.old_pass_for_delta
+    fit(module, steps=1)
+    traj = module.seen_traj
+    h, logp = teacher_forced(module.policy_model, traj.input_ids, traj.attention_mask, traj.prompt_len)
+    mask = traj.response_mask.bool()
     torch.testing.assert_close(seen["hidden"][mask], h[mask], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(seen["logp"][mask], logp[mask], rtol=1e-4, atol=1e-4)
     expected = seen["original"](seen["adv"], h, logp, seen["mask"], **seen["kw"]).advantages  # [N, L]
