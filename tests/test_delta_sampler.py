@@ -1,7 +1,8 @@
 """DelTA's inputs from the native sampler at μ = 1 (issue 22): the decode loop's recorded head inputs equal a
 teacher-forced pass's ``hidden_states[-1]`` (the final norm's output, transformers' own, not our hook), through
 ragged lengths, EOS mid-batch, generation chunks of different widths and DAPO's refill rounds; the step's
-DelTA advantages equal those of a teacher-forced π_old pass."""
+DelTA advantages equal those of a teacher-forced π_old pass, and so do they with the vLLM engine, where the step's
+own π_old pass supplies h."""
 
 from __future__ import annotations
 
