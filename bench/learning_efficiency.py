@@ -29,10 +29,10 @@ from pathlib import Path
 
 from lampo_pl.ablation import PRESETS, load_results, method_preset, preset, run_ablation, summarise, to_csv
 from lampo_pl.ablation.inference import interaction_differences
+from lampo_pl.ablation.paired import paired_csv, paired_differences
 from lampo_pl.ablation.provenance import machine, versions
 from lampo_pl.ablation.report import report_markdown
 from lampo_pl.ablation.settings import UNAVAILABLE, AblationSettings
-from lampo_pl.ablation.summary import paired_csv, paired_differences
 
 OVERRIDABLE = ("model", "steps", "prompts_per_step", "group_size", "max_new_tokens", "temperature", "lr",
                "lora_r", "density_weight", "eval_every", "eval_problems", "eval_k", "threshold", "smooth",

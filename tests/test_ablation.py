@@ -41,18 +41,9 @@ from lampo_pl.ablation.inference import (
     seeds_needed,
 )
 from lampo_pl.ablation.methods import binary_arm, reference_arm
+from lampo_pl.ablation.paired import paired_csv, paired_differences, paired_markdown, t_interval
 from lampo_pl.ablation.provenance import source_digest, versions_report
-from lampo_pl.ablation.summary import (
-    curve,
-    difference_band,
-    paired_csv,
-    paired_differences,
-    paired_markdown,
-    steps_to_threshold,
-    t_interval,
-    trailing_mean,
-    train_auc,
-)
+from lampo_pl.ablation.summary import curve, difference_band, steps_to_threshold, trailing_mean, train_auc
 from lampo_pl.settings import MethodArgs
 
 matplotlib.use("Agg")

@@ -2,22 +2,10 @@
 (notebooks/ablations.ipynb, bench/learning_efficiency.py, docs/ablations.md)."""
 
 from lampo_pl.ablation.methods import METHODS, MethodPreset, binary_arm, method_preset, reference_arm
+from lampo_pl.ablation.paired import Interval, PairedRow, paired_differences, paired_markdown, t_interval
 from lampo_pl.ablation.run import RunResult, load_results, run_ablation, run_one
 from lampo_pl.ablation.settings import PRESETS, AblationSettings, preset
-from lampo_pl.ablation.summary import (
-    Interval,
-    PairedRow,
-    SummaryRow,
-    curve,
-    eval_curve,
-    paired_differences,
-    paired_markdown,
-    steps_to_threshold,
-    summarise,
-    t_interval,
-    to_csv,
-    to_markdown,
-)
+from lampo_pl.ablation.summary import SummaryRow, curve, eval_curve, steps_to_threshold, summarise, to_csv, to_markdown
 
 __all__ = [
     "METHODS",

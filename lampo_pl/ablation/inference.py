@@ -2,7 +2,7 @@
 comparisons, difference-of-differences for claims that compare two effects, and power.
 
 - **p-value** of a cell: the two-sided paired t-test of its per-seed differences against 0 (the test
-  whose inversion is ``summary.t_interval``).
+  whose inversion is ``paired.t_interval``).
 - **Holm** (Holm 1979, "A simple sequentially rejective multiple test procedure"): with m cells sorted by
   p, p_(1) <= ... <= p_(m), the adjusted p-value is p~_(j) = max_{i<=j} min(1, (m − i + 1) · p_(i)); a
   cell is rejected at α when p~ < α.
@@ -24,17 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from lampo_pl.ablation.methods import binary_arm, method_preset, reference_arm
+from lampo_pl.ablation.paired import Interval, PairedRow, t_interval
 from lampo_pl.ablation.run import RunResult
 from lampo_pl.ablation.settings import AblationSettings
-from lampo_pl.ablation.summary import (
-    Interval,
-    PairedRow,
-    final_heldout,
-    paired_runs,
-    steps_to_threshold,
-    t_interval,
-    train_auc,
-)
+from lampo_pl.ablation.summary import final_heldout, paired_runs, steps_to_threshold, train_auc
 
 OUTCOMES = ("steps", "auc", "final")
 OUTCOME_LABELS = {"steps": "Δ steps to threshold", "auc": "Δ train-acc AUC", "final": "Δ final held-out"}

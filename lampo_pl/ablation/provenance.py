@@ -20,8 +20,8 @@ from typing import Any
 PACKAGE = Path(__file__).resolve().parents[1]  # lampo_pl/
 UNKNOWN = "unknown"
 # Modules that read saved runs and never touch a run's numbers: editing them does not make saved runs stale.
-REPORTING = frozenset({"ablation/__init__.py", "ablation/summary.py", "ablation/inference.py", "ablation/plots.py",
-                       "ablation/provenance.py", "ablation/report.py"})
+REPORTING = frozenset({"ablation/__init__.py", "ablation/summary.py", "ablation/paired.py", "ablation/inference.py",
+                       "ablation/plots.py", "ablation/provenance.py", "ablation/report.py"})
 
 
 def source_digest(package: Path = PACKAGE) -> str:

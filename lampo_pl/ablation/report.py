@@ -13,10 +13,11 @@ from collections.abc import Sequence
 
 from lampo_pl.ablation.inference import family, family_markdown, interaction_differences, power_markdown
 from lampo_pl.ablation.methods import method_preset
+from lampo_pl.ablation.paired import paired_differences, paired_markdown
 from lampo_pl.ablation.provenance import versions_report
 from lampo_pl.ablation.run import RunResult
 from lampo_pl.ablation.settings import AblationSettings
-from lampo_pl.ablation.summary import grader_failures, paired_differences, paired_markdown, summarise, to_markdown
+from lampo_pl.ablation.summary import grader_failures, summarise, to_markdown
 
 
 def report_markdown(results: Sequence[RunResult], settings: AblationSettings) -> str:
