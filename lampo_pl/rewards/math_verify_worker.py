@@ -2,7 +2,8 @@
 
 Run as a script (``python -P math_verify_worker.py``), it imports only the standard library and
 math-verify. Protocol, one line each way: the parent writes ``{"pred": ..., "gold": ...}`` as
-JSON; the worker answers one status word (`STATUSES`). It prints ``ready`` once imported.
+JSON; the worker answers one status word (`STATUSES`). It prints ``ready`` once imported and warmed
+(one grade builds math-verify's parser, so the first request's time limit is not spent on it).
 
 math-verify's own timeouts are switched off here (``parsing_timeout=None``,
 ``timeout_seconds=None``): the parent bounds each pair by killing this process, which also stops
